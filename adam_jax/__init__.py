@@ -1,0 +1,29 @@
+"""adam_jax: the Adam optimizer for JAX, an exact drop-in for optax's Adam family.
+
+Replace ``optax.adam`` with ``adam_jax.adam`` (likewise ``adamw``, ``nadam``,
+``nadamw``, ``amsgrad``, ``adamax``, ``scale_by_adam``) and change nothing
+else: same arguments, same state fields, same float32 numbers, minus optax's
+low-precision NaN traps.
+"""
+
+from adam_jax._src.alias import adam as adam
+from adam_jax._src.alias import adamax as adamax
+from adam_jax._src.alias import adamw as adamw
+from adam_jax._src.alias import amsgrad as amsgrad
+from adam_jax._src.alias import nadam as nadam
+from adam_jax._src.alias import nadamw as nadamw
+from adam_jax._src.transform import ScaleByAdamState as ScaleByAdamState
+from adam_jax._src.transform import scale_by_adam as scale_by_adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "ScaleByAdamState",
+  "adam",
+  "adamax",
+  "adamw",
+  "amsgrad",
+  "nadam",
+  "nadamw",
+  "scale_by_adam",
+]

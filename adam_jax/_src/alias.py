@@ -1,0 +1,441 @@
+"""The optimizers users call: chains of ``scale_by_adam`` and two small steps.
+
+Each alias has the signature of its optax namesake (names, order, defaults),
+``learning_rate`` defaulting to the paper's ``1e-3``, and the same chain shape
+(so the same state structure): ``scale_by_adam`` -> [weight decay] ->
+learning rate. The learning-rate and weight-decay steps are ours, not optax's,
+only because they keep each update in its gradient's dtype (optax #1098/#1207)
+and work under ``jax_numpy_dtype_promotion="strict"``; in float32 they compute
+the same numbers as ``optax.scale_by_learning_rate`` and
+``optax.add_decayed_weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from typing import TypeAlias
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax._src import moments
+from adam_jax._src import transform
+from adam_jax._src import validation
+
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
+MaskOrFn: TypeAlias = Any | Callable[[optax.Params], Any] | None
+
+
+def _scale_leaf(g, s):
+  """``s * g`` in at least float32, returned in ``g``'s dtype."""
+  if isinstance(s, (int, float)):
+    return s * g
+  cdt = moments.compute_dtype(g.dtype)
+  return (jnp.asarray(s).astype(cdt) * g.astype(cdt)).astype(g.dtype)
+
+
+def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
+  """``updates * -learning_rate``; schedules see the pre-increment count."""
+  if callable(learning_rate):
+
+    def init_fn(params):
+      del params
+      return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+      del params
+      step = -learning_rate(state.count)
+      updates = jax.tree.map(lambda g: _scale_leaf(g, step), updates)
+      count = optax.safe_increment(state.count)
+      return updates, optax.ScaleByScheduleState(count=count)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+  def update_const(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: _scale_leaf(g, -learning_rate), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_const)
+
+
+def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
+  """``updates + weight_decay * params`` (decoupled weight decay)."""
+
+  def init_fn(params):
+    del params
+    if callable(weight_decay):
+      return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+        "adamw needs the parameters for its weight decay: call"
+        " update(grads, state, params), or pass weight_decay=0.0."
+      )
+    if callable(weight_decay):
+      s = weight_decay(state.count)
+      state = optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+    else:
+      s = weight_decay
+      if isinstance(s, (int, float)) and s == 0:
+        return updates, state
+
+    def decay(g, p):
+      if g is None:
+        return None
+      cdt = moments.compute_dtype(g.dtype)
+      s_c = moments.cast_hyperparameter(s, cdt)
+      return (g.astype(cdt) + s_c * p.astype(cdt)).astype(g.dtype)
+
+    updates = jax.tree.map(decay, updates, params, is_leaf=validation.is_none)
+    return updates, state
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)
+
+
+def adam(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
+  *,
+  nesterov: bool = False,
+  nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
+
+  With :math:`\alpha_t` the learning rate (or schedule value) and
+  :math:`m_t, v_t, \hat m_t, \hat v_t` as in :func:`scale_by_adam`:
+
+  .. math::
+
+    u_t = -\alpha_t\, \hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon}
+    + \varepsilon\right)
+
+  Unlike optax, the moments are computed in at least float32 and the update
+  comes back in the gradient's dtype, so float16/bfloat16 parameters do not
+  produce NaN on zero gradients (optax #1754), under ``inject_hyperparams``
+  (optax #1414), or break ``apply_if_finite`` (optax #1098).
+
+  Args:
+    learning_rate: step size :math:`\alpha` (>= 0) or a schedule of the step
+      count. Defaults to the paper's 1e-3.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{\hat v_t}` (outside the root), >= 0.
+    eps_root: added to :math:`\hat v_t` inside the root, >= 0.
+    mu_dtype: storage dtype of the first moment (``None``: the parameter's).
+    nesterov: use Nesterov momentum (NAdam, Dozat 2016).
+    nu_dtype: storage dtype of the second moment (``None``: the parameter's
+      real dtype). Not in optax.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import adam_jax
+    >>> f = lambda x: jnp.sum(x ** 2)
+    >>> solver = adam_jax.adam(learning_rate=0.003)
+    >>> params = jnp.array([1., 2., 3.])
+    >>> state = solver.init(params)
+    >>> for _ in range(5):
+    ...   updates, state = solver.update(jax.grad(f)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{f(params):.2f}")
+    13.82
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate)
+  return optax.chain(
+    transform.scale_by_adam(
+      b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+    ),
+    _scale_by_learning_rate(learning_rate),
+  )
+
+
+def adamw(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
+  weight_decay: ScalarOrSchedule = 1e-4,
+  mask: MaskOrFn = None,
+  *,
+  nesterov: bool = False,
+  nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
+
+  With :math:`\lambda` the ``weight_decay`` and :math:`\theta_{t-1}` the
+  parameters, the Adam direction gets the decay added before the learning
+  rate scales both (as in optax, PyTorch and Keras ``AdamW``):
+
+  .. math::
+
+    u_t = -\alpha_t \left(\hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon}
+    + \varepsilon\right) + \lambda\, \theta_{t-1}\right)
+
+  Args:
+    learning_rate: step size (>= 0) or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to :math:`\sqrt{\hat v_t}`, >= 0.
+    eps_root: added inside the root, >= 0.
+    mu_dtype: storage dtype of the first moment.
+    weight_decay: :math:`\lambda` (>= 0) or a schedule of the step count.
+    mask: a tree of booleans like the parameters (or a prefix of it), or a
+      function of the parameters returning one: where False, no decay.
+    nesterov: use Nesterov momentum (NAdamW).
+    nu_dtype: storage dtype of the second moment. Not in optax.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
+    ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import adam_jax
+    >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    >>> solver = adam_jax.adamw(0.1, weight_decay=0.5,
+    ...                         mask={"w": True, "b": False})
+    >>> state = solver.init(params)
+    >>> zero = {"w": jnp.zeros(2), "b": jnp.zeros(2)}
+    >>> updates, state = solver.update(zero, state, params)
+    >>> print(updates["w"], updates["b"] == 0)  # only w decays: -0.1 * 0.5 * 1
+    [-0.05 -0.05] [ True  True]
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate)
+  validation.check_scalar_or_schedule("weight_decay", weight_decay)
+  return optax.chain(
+    transform.scale_by_adam(
+      b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+    ),
+    _add_decayed_weights(weight_decay, mask),
+    _scale_by_learning_rate(learning_rate),
+  )
+
+
+def nadam(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
+  *,
+  nesterov: bool = True,
+  nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
+
+  .. math::
+
+    \hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1)\, g_t /
+    (1 - \beta_1^t)
+
+  and otherwise as :func:`adam`. Arguments as :func:`adam`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> solver = adam_jax.nadam(0.1)
+    >>> state = solver.init(jnp.zeros(2))
+    >>> updates, _ = solver.update(jnp.array([1.0, -1.0]), state)
+    >>> print(*(f"{x:+.4f}" for x in updates))  # 0.1 * (0.9 * 0.1 / 0.19 + 1)
+    -0.1474 +0.1474
+
+  References:
+    Dozat, `Incorporating Nesterov Momentum into Adam
+    <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+  """
+  return adam(
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    nesterov=nesterov,
+    nu_dtype=nu_dtype,
+  )
+
+
+def nadamw(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
+  weight_decay: ScalarOrSchedule = 1e-4,
+  mask: MaskOrFn = None,
+  *,
+  nesterov: bool = True,
+  nu_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
+
+  The first moment is corrected as in :func:`nadam`; the decoupled weight decay
+  is as in :func:`adamw`. Arguments as :func:`adamw`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> solver = adam_jax.nadamw(0.1, weight_decay=0.0)
+    >>> params = jnp.ones(2)
+    >>> updates, _ = solver.update(jnp.array([1.0, -1.0]), solver.init(params), params)
+    >>> print(*(f"{x:+.4f}" for x in updates))
+    -0.1474 +0.1474
+
+  References:
+    Dozat, `Incorporating Nesterov Momentum into Adam
+    <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  return adamw(
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    weight_decay,
+    mask,
+    nesterov=nesterov,
+    nu_dtype=nu_dtype,
+  )
+
+
+def amsgrad(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: Any | None = None,
+  bias_correction_mu: bool = True,
+  bias_correction_nu: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
+
+  The running maximum is taken of the *bias-corrected* second moment
+  (optax's choice):
+
+  .. math::
+
+    \hat v^{\max}_t = \max\left(\hat v^{\max}_{t-1},\ v_t / (1 - \beta_2^t)
+    \right), \qquad
+    u_t = -\alpha_t\, \hat m_t / \left(\sqrt{\hat v^{\max}_t +
+    \bar\varepsilon} + \varepsilon\right)
+
+  PyTorch and Keras instead take the maximum of the raw :math:`v_t` and bias
+  correct afterwards; the results differ while :math:`1 - \beta_2^t` is far
+  from 1. The state keeps the maximum in ``nu_max``.
+
+  Args:
+    learning_rate: step size (>= 0) or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added outside the root, >= 0.
+    eps_root: added inside the root, >= 0.
+    mu_dtype: storage dtype of the first moment.
+    bias_correction_mu: bias-correct :math:`m_t` (False: the AMSGrad paper).
+    bias_correction_nu: bias-correct :math:`v_t` before the maximum (False:
+      the AMSGrad paper).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> solver = adam_jax.amsgrad(0.1)
+    >>> state = solver.init(jnp.zeros(2))
+    >>> updates, state = solver.update(jnp.array([2.0, -1.0]), state)
+    >>> print(*(f"{x:+.4f}" for x in updates), state[0].nu_max.round(3))
+    -0.1000 +0.1000 [4. 1.]
+
+  References:
+    Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
+    <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate)
+  cfg = transform.checked_config(
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    None,
+    False,
+    amsgrad="corrected",
+    bias_correction_mu=bias_correction_mu,
+    bias_correction_nu=bias_correction_nu,
+  )
+  return optax.chain(
+    transform.adam_family(cfg),
+    _scale_by_learning_rate(learning_rate),
+  )
+
+
+def adamax(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
+
+  The second moment becomes an exponentially weighted infinity norm, which
+  needs no bias correction:
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t \\
+    u_t &= \max\left(\beta_2 u_{t-1},\ |g_t| + \varepsilon\right) \\
+    \Delta_t &= -\alpha_t\, m_t / \left((1 - \beta_1^t)\, u_t\right)
+
+  (``eps`` inside the maximum, as in optax; the paper has none.) The state's
+  ``nu`` holds :math:`u_t`.
+
+  Args:
+    learning_rate: step size (>= 0) or schedule. (The paper suggests 2e-3.)
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the infinity norm, in [0, 1).
+    eps: added to :math:`|g_t|`, >= 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> solver = adam_jax.adamax(0.1)
+    >>> state = solver.init(jnp.zeros(2))
+    >>> updates, state = solver.update(jnp.array([2.0, -1.0]), state)
+    >>> print(*(f"{x:+.4f}" for x in updates), state[0].nu)
+    -0.1000 +0.1000 [2. 1.]
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate)
+  cfg = transform.checked_config(b1, b2, eps, 0.0, None, None, False, norm="max")
+  return optax.chain(
+    transform.adam_family(cfg),
+    _scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,273 @@
+"""``scale_by_adam`` and its state: the one Adam rule, every variant an option.
+
+The math for one leaf lives in ``_leaf_step``; ``adam_family`` builds the
+``GradientTransformation`` around it. The public ``scale_by_adam`` and the
+aliases (``amsgrad``, ``adamax``) are configurations of that one builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adam_jax._src import moments
+from adam_jax._src import validation
+
+
+class ScaleByAdamState(NamedTuple):
+  """State of :func:`scale_by_adam` (and of every adam_jax optimizer).
+
+  Attributes:
+    count: number of updates taken so far, an int32 scalar that saturates at
+      ``2**31 - 1`` instead of overflowing.
+    mu: first moment :math:`m_t`, a tree like the parameters, stored in
+      ``mu_dtype`` (default: the parameter's dtype).
+    nu: second moment :math:`v_t` (for AdaMax, the infinity norm :math:`u_t`),
+      stored in ``nu_dtype`` (default: the parameter's real dtype).
+    nu_max: running maximum of the second moment for AMSGrad, else ``None``.
+  """
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
+  mu: optax.Updates
+  nu: optax.Updates
+  nu_max: optax.Updates | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Static and numeric configuration of the Adam family (internal)."""
+
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  mu_dtype: Any
+  nu_dtype: Any
+  nesterov: bool = False
+  # None: plain Adam; "corrected": optax's AMSGrad, the running max of the
+  # (optionally) bias-corrected second moment.
+  amsgrad: str | None = None
+  bias_correction_mu: bool = True
+  bias_correction_nu: bool = True
+  # "l2": v_t is the EMA of g^2 (Adam); "max": u_t = max(b2 u, |g| + eps)
+  # (AdaMax, Kingma & Ba 2015, Section 7.1).
+  norm: str = "l2"
+
+
+def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max):
+  """One Adam step for one leaf: ``(g, m, v, v_max) -> (u, m, v, v_max)``.
+
+  Everything is computed in ``compute_dtype(g.dtype)`` (>= float32); the update
+  comes back in ``g.dtype`` and the moments in their stored dtypes.
+  """
+  cdt = moments.compute_dtype(g.dtype)
+  rdt = moments.real_dtype(cdt)
+  gc = g.astype(cdt)
+  b1 = moments.cast_hyperparameter(cfg.b1, rdt)
+  b2 = moments.cast_hyperparameter(cfg.b2, rdt)
+  eps = moments.cast_hyperparameter(cfg.eps, rdt)
+  eps_root = moments.cast_hyperparameter(cfg.eps_root, rdt)
+  tc, tc_next = t.astype(rdt), t_next.astype(rdt)
+
+  keep1, rate1, bc1 = moments.ema_coefficients(b1, tc)
+  keep1c, rate1c = _as_compute(keep1, cdt), _as_compute(rate1, cdt)
+  m_new = rate1c * gc + keep1c * m.astype(cdt)
+
+  if cfg.norm == "max":
+    v_new = jnp.maximum(jnp.abs(gc) + eps, b2 * v.astype(rdt))
+  else:
+    keep2, rate2, bc2 = moments.ema_coefficients(b2, tc)
+    v_new = rate2 * moments.abs_sq(gc) + keep2 * v.astype(rdt)
+
+  if cfg.nesterov:
+    keep1n, _, bc1n = moments.ema_coefficients(b1, tc_next)
+    m_hat = _as_compute(keep1n, cdt) * (m_new / _as_compute(bc1n, cdt)) + rate1c * (
+      gc / _as_compute(bc1, cdt)
+    )
+  elif cfg.bias_correction_mu:
+    m_hat = m_new / _as_compute(bc1, cdt)
+  else:
+    m_hat = m_new
+
+  v_max_new = None
+  if cfg.norm == "max":
+    denom = v_new  # the infinity norm needs no bias correction
+  else:
+    v_hat = v_new / bc2 if cfg.bias_correction_nu else v_new
+    if cfg.amsgrad is not None:
+      v_max_new = jnp.maximum(v_max.astype(rdt), v_hat)
+      v_hat = v_max_new
+    denom = jnp.sqrt(v_hat + eps_root) + eps
+  u = moments.safe_divide(m_hat, denom.astype(cdt)).astype(g.dtype)
+  if v_max_new is not None:
+    v_max_new = v_max_new.astype(v_max.dtype)
+  return u, m_new.astype(m.dtype), v_new.astype(v.dtype), v_max_new
+
+
+def _as_compute(x, dtype):
+  """Casts an array coefficient to the (maybe complex) compute dtype."""
+  return x if isinstance(x, (int, float)) else x.astype(dtype)
+
+
+def _zeros(params, dtype_for):
+  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype_for(p)), params)
+
+
+def adam_family(cfg: _Config) -> optax.GradientTransformation:
+  """Builds the transformation for one configuration of the Adam family."""
+
+  def mu_dtype_for(p):
+    if cfg.mu_dtype is None:
+      return p.dtype
+    if jnp.iscomplexobj(p) != jnp.issubdtype(cfg.mu_dtype, jnp.complexfloating):
+      raise TypeError(
+        f"mu_dtype={jnp.dtype(cfg.mu_dtype).name} cannot store the first"
+        f" moment of a {p.dtype} parameter: use a"
+        f" {'complex' if jnp.iscomplexobj(p) else 'real'} dtype."
+      )
+    return cfg.mu_dtype
+
+  def nu_dtype_for(p):
+    return moments.real_dtype(p.dtype) if cfg.nu_dtype is None else cfg.nu_dtype
+
+  def init_fn(params):
+    validation.check_param_dtypes("params", params)
+    return ScaleByAdamState(
+      count=jnp.zeros([], jnp.int32),
+      mu=_zeros(params, mu_dtype_for),
+      nu=_zeros(params, nu_dtype_for),
+      nu_max=_zeros(params, nu_dtype_for) if cfg.amsgrad else None,
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    validation.check_tree_matches("updates", updates, "state.mu", state.mu)
+    validation.check_param_dtypes("updates", updates)
+    count_inc = optax.safe_increment(state.count)
+    count_next = optax.safe_increment(count_inc)
+
+    g_leaves, treedef = jax.tree.flatten(updates, is_leaf=validation.is_none)
+    m_leaves = treedef.flatten_up_to(state.mu)
+    v_leaves = treedef.flatten_up_to(state.nu)
+    if cfg.amsgrad:
+      vmax_leaves = treedef.flatten_up_to(state.nu_max)
+    else:
+      vmax_leaves = [None] * len(g_leaves)
+
+    outs = [
+      (None, None, None, None)
+      if g is None
+      else _leaf_step(cfg, count_inc, count_next, g, m, v, vm)
+      for g, m, v, vm in zip(g_leaves, m_leaves, v_leaves, vmax_leaves, strict=False)
+    ]
+    columns = list(zip(*outs, strict=False)) if outs else [()] * 4
+    u, m, v, vm = (treedef.unflatten(list(col)) for col in columns)
+    return u, ScaleByAdamState(
+      count=count_inc, mu=m, nu=v, nu_max=vm if cfg.amsgrad else None
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def checked_config(
+  b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov, **options
+) -> _Config:
+  validation.check_decay("b1", b1)
+  validation.check_decay("b2", b2)
+  validation.check_non_negative("eps", eps)
+  validation.check_non_negative("eps_root", eps_root)
+  validation.check_bool("nesterov", nesterov)
+  for key, value in options.items():
+    if isinstance(value, bool):
+      validation.check_bool(key, value)
+  return _Config(
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    mu_dtype=validation.storage_dtype("mu_dtype", mu_dtype, allow_complex=True),
+    nu_dtype=validation.storage_dtype("nu_dtype", nu_dtype, allow_complex=False),
+    nesterov=nesterov,
+    **options,
+  )
+
+
+def scale_by_adam(
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  *,
+  nesterov: bool = False,
+  nu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+  r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
+
+  A drop-in for :func:`optax.scale_by_adam` (same arguments, same state
+  fields, same numbers in float32) that computes its moments in at least
+  float32 whatever they are stored in and returns updates in the gradient's
+  dtype. With :math:`g_t` the gradient, :math:`\beta_1, \beta_2,
+  \varepsilon, \bar\varepsilon` the arguments ``b1``, ``b2``, ``eps``,
+  ``eps_root`` and :math:`t` the step count (starting at 1):
+
+  .. math::
+
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t \\
+    v_t &= \beta_2 v_{t-1} + (1 - \beta_2)\, |g_t|^2 \\
+    \hat m_t &= m_t / (1 - \beta_1^t), \qquad
+    \hat v_t = v_t / (1 - \beta_2^t) \\
+    u_t &= \hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon} + \varepsilon
+    \right)
+
+  The learning rate is applied afterwards (see :func:`adam`). With
+  ``nesterov=True``, :math:`\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) +
+  (1 - \beta_1) g_t / (1 - \beta_1^t)` (Dozat, 2016), as in optax.
+
+  Args:
+    b1: decay rate :math:`\beta_1` of the first moment, in [0, 1).
+    b2: decay rate :math:`\beta_2` of the second moment, in [0, 1).
+    eps: :math:`\varepsilon` added to :math:`\sqrt{\hat v_t}` (outside the
+      root, as in the paper and PyTorch), >= 0.
+    eps_root: :math:`\bar\varepsilon` added inside the root, >= 0 (useful for
+      meta-gradients through Adam).
+    mu_dtype: storage dtype of :math:`m_t`; ``None`` keeps the parameter's.
+    nesterov: use Nesterov momentum (NAdam, Dozat 2016).
+    nu_dtype: storage dtype of :math:`v_t` (optax has no such option);
+      ``None`` keeps the parameter's real dtype. E.g. ``jnp.bfloat16`` halves
+      the second moment's memory; the math still runs in float32.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`ScaleByAdamState`.
+
+  Raises:
+    ValueError: a concrete hyperparameter outside its range.
+    TypeError: a hyperparameter of the wrong type, a non-float storage dtype,
+      or integer parameters.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> tx = adam_jax.scale_by_adam()
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(jnp.array([0.5, -0.1]), state)
+    >>> print(updates.round(4))  # the first Adam step is sign(g), up to eps
+    [ 1. -1.]
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
+
+    Dozat, `Incorporating Nesterov Momentum into Adam
+    <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+  """
+  return adam_family(
+    checked_config(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov)
+  )

@@ -182,9 +182,9 @@ def checked_config(
   validation.check_non_negative("eps", eps)
   validation.check_non_negative("eps_root", eps_root)
   validation.check_bool("nesterov", nesterov)
-  for key, value in options.items():
-    if isinstance(value, bool):
-      validation.check_bool(key, value)
+  for key in ("bias_correction_mu", "bias_correction_nu"):
+    if key in options:
+      validation.check_bool(key, options[key])
   return _Config(
     b1=b1,
     b2=b2,

@@ -57,7 +57,11 @@ def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
     del params
     return jax.tree.map(lambda g: _scale_leaf(g, -learning_rate), updates), state
 
-  return optax.GradientTransformation(optax.init_empty_state, update_const)
+  def init_const(params):
+    del params
+    return optax.EmptyState()
+
+  return optax.GradientTransformation(init_const, update_const)
 
 
 def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):

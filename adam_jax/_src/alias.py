@@ -36,42 +36,39 @@ def _scale_leaf(g, s):
   return (jnp.asarray(s).astype(cdt) * g.astype(cdt)).astype(g.dtype)
 
 
-def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
-  """``updates * -learning_rate``; schedules see the pre-increment count."""
-  if callable(learning_rate):
+def _init_schedule(value: ScalarOrSchedule):
+  """The init of a step driven by ``value``: a step count for a schedule."""
 
-    def init_fn(params):
-      del params
+  def init_fn(params):
+    del params
+    if callable(value):
       return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-      del params
-      step = -learning_rate(state.count)
-      updates = jax.tree.map(lambda g: _scale_leaf(g, step), updates)
-      count = optax.safe_increment(state.count)
-      return updates, optax.ScaleByScheduleState(count=count)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-  def update_const(updates, state, params=None):
-    del params
-    return jax.tree.map(lambda g: _scale_leaf(g, -learning_rate), updates), state
-
-  def init_const(params):
-    del params
     return optax.EmptyState()
 
-  return optax.GradientTransformation(init_const, update_const)
+  return init_fn
+
+
+def _current_value(value: ScalarOrSchedule, state):
+  """``value`` now (a schedule at the pre-increment count) and the next state."""
+  if callable(value):
+    count = optax.safe_increment(state.count)
+    return value(state.count), optax.ScaleByScheduleState(count=count)
+  return value, state
+
+
+def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
+  """``updates * -learning_rate``; schedules see the pre-increment count."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    lr, state = _current_value(learning_rate, state)
+    return jax.tree.map(lambda g: _scale_leaf(g, -lr), updates), state
+
+  return optax.GradientTransformation(_init_schedule(learning_rate), update_fn)
 
 
 def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
   """``updates + weight_decay * params`` (decoupled weight decay)."""
-
-  def init_fn(params):
-    del params
-    if callable(weight_decay):
-      return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-    return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -79,13 +76,9 @@ def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
         "adamw needs the parameters for its weight decay: call"
         " update(grads, state, params), or pass weight_decay=0.0."
       )
-    if callable(weight_decay):
-      s = weight_decay(state.count)
-      state = optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
-    else:
-      s = weight_decay
-      if isinstance(s, (int, float)) and s == 0:
-        return updates, state
+    s, state = _current_value(weight_decay, state)
+    if isinstance(s, (int, float)) and s == 0:
+      return updates, state
 
     def decay(g, p):
       if g is None:
@@ -97,7 +90,7 @@ def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
     updates = jax.tree.map(decay, updates, params, is_leaf=validation.is_none)
     return updates, state
 
-  tx = optax.GradientTransformation(init_fn, update_fn)
+  tx = optax.GradientTransformation(_init_schedule(weight_decay), update_fn)
   return tx if mask is None else optax.masked(tx, mask)
 
 

@@ -69,6 +69,9 @@ def test_updates_are_finite_and_within_the_step_bound(scale, b1, b2, seed):
     g = rng.randn(5) * scale * (rng.rand() < 0.8)
     u, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
     assert bool(jnp.all(jnp.isfinite(u)))
-    bound = lr * _step_bound(t, b1, b2) * (1 + 1e-4)
+    # float32 rounds b2 and 1 - b2**t: relative error up to ~t 2^-24 / (1 - b2^t)
+    # in v_hat (1.5e-4 at t = 2, b2 = 0.9999), half of it in the update.
+    slack = 1e-5 + 4 * t * 2.0**-24 / (1 - b2**t)
+    bound = lr * _step_bound(t, b1, b2) * (1 + slack)
     assert float(jnp.max(jnp.abs(u))) <= bound, (t, bound)
   assert bool(jnp.all(state[0].nu >= 0))

@@ -41,6 +41,24 @@ BAD = [
   ("adamax", {"b1": 1.0}, ValueError, ["b1", "1.0"]),
   ("adamax", {"learning_rate": -2e-3}, ValueError, ["learning_rate", "-0.002"]),
   ("scale_by_adam", {"b1": 7}, ValueError, ["b1", "7"]),
+  # The Adam-family options.
+  ("adam", {"amsgrad": 1}, TypeError, ["amsgrad", "1", "bool"]),
+  ("adamw", {"amsgrad": "raw"}, TypeError, ["amsgrad", "'raw'", "bool"]),
+  ("scale_by_adam", {"maximize": None}, TypeError, ["maximize", "None", "bool"]),
+  ("adam", {"bias_correction": "no"}, TypeError, ["bias_correction", "'no'"]),
+  ("adam", {"eps_hat": 0}, TypeError, ["eps_hat", "0", "bool"]),
+  ("adamw", {"decouple_lr": 1.0}, TypeError, ["decouple_lr", "1.0", "bool"]),
+  ("adamax", {"maximize": "true"}, TypeError, ["maximize", "'true'"]),
+  ("adam", {"weight_decay": -0.1}, ValueError, ["weight_decay", "-0.1", ">= 0"]),
+  ("adam", {"weight_decay": float("inf")}, ValueError, ["weight_decay", "inf"]),
+  ("adam", {"weight_decay": True}, TypeError, ["weight_decay", "bool"]),
+  ("scale_by_adam", {"weight_decay": "1e-2"}, TypeError, ["weight_decay", "'1e-2'"]),
+  ("adamax", {"weight_decay": -1.0}, ValueError, ["weight_decay", "-1.0"]),
+  ("adam", {"average_decay": 1.0}, ValueError, ["average_decay", "1.0", "[0, 1)"]),
+  ("adamw", {"average_decay": -0.5}, ValueError, ["average_decay", "-0.5"]),
+  ("adamax", {"average_decay": "0.9"}, TypeError, ["average_decay", "'0.9'"]),
+  ("adam", {"average_mode": "ema"}, ValueError, ["average_mode", "'ema'", "paper"]),
+  ("adamw", {"average_mode": None}, ValueError, ["average_mode", "None", "keras"]),
 ]
 
 
@@ -149,3 +167,56 @@ def test_adamw_without_params_says_so():
 def test_real_mu_dtype_for_complex_parameters_is_rejected():
   with pytest.raises(TypeError, match="complex"):
     adam_jax.adam(mu_dtype=jnp.float32).init(jnp.ones(2, jnp.complex64))
+
+
+PARAMS = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+GRADS = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+
+
+@pytest.mark.parametrize(
+  "tx",
+  [
+    adam_jax.adam(weight_decay=0.1),
+    adam_jax.scale_by_adam(weight_decay=0.1),
+    adam_jax.adamax(weight_decay=0.1),
+  ],
+  ids=["adam", "scale_by_adam", "adamax"],
+)
+def test_coupled_weight_decay_without_params_says_so(tx):
+  with pytest.raises(ValueError, match=r"weight_decay.*update\(grads, state, params\)"):
+    tx.update(GRADS, tx.init(PARAMS))
+
+
+def test_averaging_without_params_says_so():
+  tx = adam_jax.adam(average_decay=0.9)
+  with pytest.raises(ValueError, match=r"average_decay needs the parameters"):
+    tx.update(GRADS, tx.init(PARAMS))
+
+
+def test_averaged_params_of_a_state_without_average():
+  tx = adam_jax.adam()
+  with pytest.raises(ValueError, match=r"no parameter average.*average_decay="):
+    adam_jax.averaged_params(tx.init(PARAMS))
+
+
+@pytest.mark.parametrize(
+  ("mask", "error", "words"),
+  [
+    ({"w": True}, ValueError, ["mask does not match the parameters", "prefix"]),
+    ({"w": True, "b": 1}, TypeError, ["mask['b']", "1", "bool"]),
+    (lambda p: {"w": jnp.array(True), "b": False}, TypeError, ["mask['w']", "bool"]),
+  ],
+  ids=["missing-key", "int-flag", "array-flag-from-callable"],
+)
+def test_bad_weight_decay_mask(mask, error, words):
+  tx = adam_jax.adam(weight_decay=0.1, mask=mask)
+  with pytest.raises(error) as info:
+    tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  for word in words:
+    assert word in str(info.value), (word, str(info.value))
+
+
+def test_coupled_decay_params_must_match_the_gradients():
+  tx = adam_jax.adam(weight_decay=0.1)
+  with pytest.raises(ValueError, match=r"params.*does not match"):
+    tx.update(GRADS, tx.init(PARAMS), {"w": jnp.ones((2, 3))})

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adam_jax._src import averaging
 from adam_jax._src import moments
 from adam_jax._src import transform
 from adam_jax._src import validation
@@ -67,8 +68,10 @@ def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
   return optax.GradientTransformation(_init_schedule(learning_rate), update_fn)
 
 
-def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
-  """``updates + weight_decay * params`` (decoupled weight decay)."""
+def _add_decayed_weights(
+  weight_decay: ScalarOrSchedule, mask: MaskOrFn, *, sign: int = 1
+):
+  """``updates + sign * weight_decay * params`` (decoupled weight decay)."""
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -85,13 +88,28 @@ def _add_decayed_weights(weight_decay: ScalarOrSchedule, mask: MaskOrFn):
         return None
       cdt = moments.compute_dtype(g.dtype)
       s_c = moments.cast_hyperparameter(s, cdt)
-      return (g.astype(cdt) + s_c * p.astype(cdt)).astype(g.dtype)
+      decayed = s_c * p.astype(cdt)
+      g_c = g.astype(cdt)
+      return (g_c + decayed if sign > 0 else g_c - decayed).astype(g.dtype)
 
     updates = jax.tree.map(decay, updates, params, is_leaf=validation.is_none)
     return updates, state
 
   tx = optax.GradientTransformation(_init_schedule(weight_decay), update_fn)
   return tx if mask is None else optax.masked(tx, mask)
+
+
+def _chain(
+  *steps: optax.GradientTransformation,
+  average_decay: Any,
+  average_mode: str,
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain(*steps)``, plus the parameter average last when asked for
+  (one flat chain, so without it the state is exactly optax's)."""
+  averaging.check_average(average_decay, average_mode)
+  if average_decay is not None:
+    steps = (*steps, averaging.average_params(average_decay, average_mode))
+  return optax.chain(*steps)
 
 
 def adam(
@@ -104,6 +122,14 @@ def adam(
   *,
   nesterov: bool = False,
   nu_dtype: Any | None = None,
+  amsgrad: bool = False,
+  weight_decay: ScalarOrSchedule = 0.0,
+  mask: MaskOrFn = None,
+  maximize: bool = False,
+  bias_correction: bool = True,
+  eps_hat: bool = False,
+  average_decay: jax.typing.ArrayLike | None = None,
+  average_mode: str = "paper",
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
 
@@ -120,6 +146,13 @@ def adam(
   produce NaN on zero gradients (optax #1754), under ``inject_hyperparams``
   (optax #1414), or break ``apply_if_finite`` (optax #1098).
 
+  The keyword-only arguments go beyond optax (defaults: optax's math); see
+  :func:`scale_by_adam` for their formulas. ``weight_decay`` here is PyTorch
+  ``Adam``'s *coupled* L2 (:math:`g_t + \lambda\theta_{t-1}` enters the
+  moments); for decoupled decay use :func:`adamw`. Together they reproduce
+  ``torch.optim.Adam`` (``eps_hat=False``) and ``keras.optimizers.Adam``
+  (``eps=1e-7, eps_hat=True``); the README maps every argument.
+
   Args:
     learning_rate: step size :math:`\alpha` (>= 0) or a schedule of the step
       count. Defaults to the paper's 1e-3.
@@ -131,6 +164,24 @@ def adam(
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: storage dtype of the second moment (``None``: the parameter's
       real dtype). Not in optax.
+    amsgrad: PyTorch/Keras AMSGrad: the running maximum of the raw second
+      moment, bias-corrected afterwards (:func:`amsgrad` is optax's variant).
+    weight_decay: coupled L2 coefficient (>= 0) or schedule; needs ``params``
+      in ``update``.
+    mask: where ``weight_decay`` applies: a tree of bools like the
+      parameters (or a prefix of it) or a function of the parameters.
+    maximize: ascend the objective (PyTorch's ``maximize``).
+    bias_correction: False drops the :math:`1 - \beta^t` corrections (the
+      paper's Section 3 ablation).
+    eps_hat: add ``eps`` before bias correction (the paper's
+      :math:`\hat\varepsilon`; Keras/TensorFlow).
+    average_decay: if set, keep an exponential moving average of the
+      parameters with this decay in [0, 1) in the state (the paper's Section
+      7.2); read it with :func:`averaged_params`. ``update`` then needs
+      ``params``.
+    average_mode: ``"paper"`` (bias-corrected average from zero) or
+      ``"keras"`` (Keras ``use_ema``: starts at the first updated parameters,
+      no correction).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -148,16 +199,41 @@ def adam(
     >>> print(f"{f(params):.2f}")
     13.82
 
+    PyTorch's ``Adam(lr=0.1, weight_decay=0.5, maximize=True)``, one step:
+
+    >>> solver = adam_jax.adam(0.1, weight_decay=0.5, maximize=True)
+    >>> params = jnp.array([1.0, -1.0])
+    >>> updates, _ = solver.update(jnp.array([0.2, 0.2]), solver.init(params), params)
+    >>> print(*(f"{x:+.4f}" for x in updates))  # -0.1 sign(-0.2 + 0.5 params)
+    -0.1000 +0.1000
+
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
+
+    Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
+    <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  return optax.chain(
+  return _chain(
     transform.scale_by_adam(
-      b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
+      b1,
+      b2,
+      eps,
+      eps_root,
+      mu_dtype,
+      nesterov=nesterov,
+      nu_dtype=nu_dtype,
+      amsgrad=amsgrad,
+      maximize=maximize,
+      bias_correction=bias_correction,
+      eps_hat=eps_hat,
+      weight_decay=weight_decay,
+      mask=mask,
     ),
     _scale_by_learning_rate(learning_rate),
+    average_decay=average_decay,
+    average_mode=average_mode,
   )
 
 
@@ -173,6 +249,13 @@ def adamw(
   *,
   nesterov: bool = False,
   nu_dtype: Any | None = None,
+  amsgrad: bool = False,
+  maximize: bool = False,
+  bias_correction: bool = True,
+  eps_hat: bool = False,
+  decouple_lr: bool = False,
+  average_decay: jax.typing.ArrayLike | None = None,
+  average_mode: str = "paper",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
 
@@ -183,7 +266,21 @@ def adamw(
   .. math::
 
     u_t = -\alpha_t \left(\hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon}
-    + \varepsilon\right) + \lambda\, \theta_{t-1}\right)
+    + \varepsilon\right) + \lambda_t\, \theta_{t-1}\right)
+
+  With ``decouple_lr=True`` the decay is not multiplied by the learning rate
+  (Loshchilov & Hutter's fully decoupled form; torch-optimi's
+  ``decouple_lr``, composer's ``DecoupledAdamW``):
+
+  .. math::
+
+    u_t = -\alpha_t\, \hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon}
+    + \varepsilon\right) - \lambda_t\, \theta_{t-1}
+
+  so values of :math:`\lambda` are about :math:`\alpha` times smaller. To
+  make the decay follow a learning-rate schedule :math:`\alpha_t` with peak
+  :math:`\alpha_{\max}` (as those libraries do), pass
+  ``weight_decay=lambda t: wd * schedule(t) / peak``.
 
   Args:
     learning_rate: step size (>= 0) or schedule.
@@ -197,6 +294,14 @@ def adamw(
       function of the parameters returning one: where False, no decay.
     nesterov: use Nesterov momentum (NAdamW).
     nu_dtype: storage dtype of the second moment. Not in optax.
+    amsgrad: PyTorch/Keras AMSGrad (see :func:`adam`).
+    maximize: ascend the objective; the decay still shrinks the parameters
+      (as in PyTorch).
+    bias_correction: False drops the :math:`1 - \beta^t` corrections.
+    eps_hat: add ``eps`` before bias correction (Keras/TensorFlow).
+    decouple_lr: do not multiply the decay by the learning rate.
+    average_decay: keep a parameter average in the state (see :func:`adam`).
+    average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
@@ -213,6 +318,10 @@ def adamw(
     >>> updates, state = solver.update(zero, state, params)
     >>> print(updates["w"], updates["b"] == 0)  # only w decays: -0.1 * 0.5 * 1
     [-0.05 -0.05] [ True  True]
+    >>> solver = adam_jax.adamw(0.1, weight_decay=0.5, decouple_lr=True)
+    >>> updates, _ = solver.update(zero, solver.init(params), params)
+    >>> print(updates["w"])  # -0.5 * 1, not scaled by the learning rate
+    [-0.5 -0.5]
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
@@ -220,13 +329,26 @@ def adamw(
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
   validation.check_scalar_or_schedule("weight_decay", weight_decay)
-  return optax.chain(
-    transform.scale_by_adam(
-      b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype
-    ),
-    _add_decayed_weights(weight_decay, mask),
-    _scale_by_learning_rate(learning_rate),
+  validation.check_bool("decouple_lr", decouple_lr)
+  scale = transform.scale_by_adam(
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    nesterov=nesterov,
+    nu_dtype=nu_dtype,
+    amsgrad=amsgrad,
+    maximize=maximize,
+    bias_correction=bias_correction,
+    eps_hat=eps_hat,
   )
+  lr = _scale_by_learning_rate(learning_rate)
+  if decouple_lr:
+    steps = (scale, lr, _add_decayed_weights(weight_decay, mask, sign=-1))
+  else:
+    steps = (scale, _add_decayed_weights(weight_decay, mask), lr)
+  return _chain(*steps, average_decay=average_decay, average_mode=average_mode)
 
 
 def nadam(
@@ -345,8 +467,10 @@ def amsgrad(
     \bar\varepsilon} + \varepsilon\right)
 
   PyTorch and Keras instead take the maximum of the raw :math:`v_t` and bias
-  correct afterwards; the results differ while :math:`1 - \beta_2^t` is far
-  from 1. The state keeps the maximum in ``nu_max``.
+  correct afterwards, which is ``adam(..., amsgrad=True)``; the results differ
+  while :math:`1 - \beta_2^t` is far from 1 (optax's maximum keeps early
+  moments at their larger early corrections). The state keeps the maximum in
+  ``nu_max``.
 
   Args:
     learning_rate: step size (>= 0) or schedule.
@@ -396,6 +520,12 @@ def adamax(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
+  *,
+  weight_decay: ScalarOrSchedule = 0.0,
+  mask: MaskOrFn = None,
+  maximize: bool = False,
+  average_decay: jax.typing.ArrayLike | None = None,
+  average_mode: str = "paper",
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
 
@@ -408,14 +538,23 @@ def adamax(
     u_t &= \max\left(\beta_2 u_{t-1},\ |g_t| + \varepsilon\right) \\
     \Delta_t &= -\alpha_t\, m_t / \left((1 - \beta_1^t)\, u_t\right)
 
-  (``eps`` inside the maximum, as in optax; the paper has none.) The state's
-  ``nu`` holds :math:`u_t`.
+  (``eps`` inside the maximum, as in optax and ``torch.optim.Adamax``; the
+  paper has none, Keras adds it to :math:`u_t` afterwards.) The state's
+  ``nu`` holds :math:`u_t`. The keyword-only arguments match PyTorch's
+  ``Adamax``: ``weight_decay`` is coupled (:math:`g_t + \lambda
+  \theta_{t-1}` enters both moments) and ``maximize`` ascends.
 
   Args:
-    learning_rate: step size (>= 0) or schedule. (The paper suggests 2e-3.)
+    learning_rate: step size (>= 0) or schedule. (The paper and PyTorch use
+      2e-3.)
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the infinity norm, in [0, 1).
     eps: added to :math:`|g_t|`, >= 0.
+    weight_decay: coupled L2 coefficient (>= 0) or schedule.
+    mask: where ``weight_decay`` applies (as in :func:`adam`).
+    maximize: ascend the objective.
+    average_decay: keep a parameter average in the state (see :func:`adam`).
+    average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -431,8 +570,23 @@ def adamax(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  cfg = transform.checked_config(b1, b2, eps, 0.0, None, None, False, norm="max")
-  return optax.chain(
+  validation.check_bool("maximize", maximize)
+  cfg = transform.checked_config(
+    b1,
+    b2,
+    eps,
+    0.0,
+    None,
+    None,
+    False,
+    norm="max",
+    maximize=maximize,
+    weight_decay=weight_decay,
+    weight_decay_mask=mask,
+  )
+  return _chain(
     transform.adam_family(cfg),
     _scale_by_learning_rate(learning_rate),
+    average_decay=average_decay,
+    average_mode=average_mode,
   )

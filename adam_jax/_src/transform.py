@@ -50,24 +50,38 @@ class _Config:
   nu_dtype: Any
   nesterov: bool = False
   # None: plain Adam; "corrected": optax's AMSGrad, the running max of the
-  # (optionally) bias-corrected second moment.
+  # (optionally) bias-corrected second moment; "raw": PyTorch's and Keras's,
+  # the running max of the raw second moment, bias-corrected afterwards.
   amsgrad: str | None = None
   bias_correction_mu: bool = True
   bias_correction_nu: bool = True
+  # Negate the gradient on entry (PyTorch's ``maximize``).
+  maximize: bool = False
+  # Add eps to sqrt(v_t) before bias correction (the paper's epsilon-hat, Keras).
+  eps_hat: bool = False
+  # Coupled L2 weight decay: g <- g + weight_decay * params before the moments
+  # (PyTorch ``Adam(weight_decay=...)``). A Python 0 means none at all.
+  weight_decay: Any = 0.0
+  weight_decay_mask: Any = None
   # "l2": v_t is the EMA of g^2 (Adam); "max": u_t = max(b2 u, |g| + eps)
   # (AdaMax, Kingma & Ba 2015, Section 7.1).
   norm: str = "l2"
 
 
-def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max):
+def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None):
   """One Adam step for one leaf: ``(g, m, v, v_max) -> (u, m, v, v_max)``.
 
   Everything is computed in ``compute_dtype(g.dtype)`` (>= float32); the update
-  comes back in ``g.dtype`` and the moments in their stored dtypes.
+  comes back in ``g.dtype`` and the moments in their stored dtypes. ``wd`` is
+  the coupled weight decay for this leaf (None: none) and ``p`` its parameter.
   """
   cdt = moments.compute_dtype(g.dtype)
   rdt = moments.real_dtype(cdt)
   gc = g.astype(cdt)
+  if cfg.maximize:
+    gc = -gc
+  if wd is not None:
+    gc = gc + moments.cast_hyperparameter(wd, rdt) * p.astype(cdt)
   b1 = moments.cast_hyperparameter(cfg.b1, rdt)
   b2 = moments.cast_hyperparameter(cfg.b2, rdt)
   eps = moments.cast_hyperparameter(cfg.eps, rdt)
@@ -86,9 +100,13 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max):
 
   if cfg.nesterov:
     keep1n, _, bc1n = moments.ema_coefficients(b1, tc_next)
-    m_hat = _as_compute(keep1n, cdt) * (m_new / _as_compute(bc1n, cdt)) + rate1c * (
-      gc / _as_compute(bc1, cdt)
-    )
+    keep1nc = _as_compute(keep1n, cdt)
+    if cfg.bias_correction_mu:
+      m_hat = keep1nc * (m_new / _as_compute(bc1n, cdt)) + rate1c * (
+        gc / _as_compute(bc1, cdt)
+      )
+    else:
+      m_hat = keep1nc * m_new + rate1c * gc
   elif cfg.bias_correction_mu:
     m_hat = m_new / _as_compute(bc1, cdt)
   else:
@@ -98,11 +116,19 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max):
   if cfg.norm == "max":
     denom = v_new  # the infinity norm needs no bias correction
   else:
-    v_hat = v_new / bc2 if cfg.bias_correction_nu else v_new
-    if cfg.amsgrad is not None:
-      v_max_new = jnp.maximum(v_max.astype(rdt), v_hat)
-      v_hat = v_max_new
-    denom = jnp.sqrt(v_hat + eps_root) + eps
+    v_used = v_new
+    if cfg.amsgrad == "raw":
+      v_max_new = v_used = jnp.maximum(v_max.astype(rdt), v_new)
+    if cfg.eps_hat:
+      # m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t)): eps meets the raw moment.
+      denom = jnp.sqrt(v_used + eps_root) + eps
+      if cfg.bias_correction_nu:
+        denom = denom / jnp.sqrt(bc2)
+    else:
+      v_hat = v_used / bc2 if cfg.bias_correction_nu else v_used
+      if cfg.amsgrad == "corrected":
+        v_max_new = v_hat = jnp.maximum(v_max.astype(rdt), v_hat)
+      denom = jnp.sqrt(v_hat + eps_root) + eps
   u = moments.safe_divide(m_hat, denom.astype(cdt)).astype(g.dtype)
   if v_max_new is not None:
     v_max_new = v_max_new.astype(v_max.dtype)
@@ -145,7 +171,6 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     )
 
   def update_fn(updates, state, params=None):
-    del params
     validation.check_tree_matches("updates", updates, "state.mu", state.mu)
     validation.check_param_dtypes("updates", updates)
     count_inc = optax.safe_increment(state.count)
@@ -154,16 +179,19 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     g_leaves, treedef = jax.tree.flatten(updates, is_leaf=validation.is_none)
     m_leaves = treedef.flatten_up_to(state.mu)
     v_leaves = treedef.flatten_up_to(state.nu)
-    if cfg.amsgrad:
-      vmax_leaves = treedef.flatten_up_to(state.nu_max)
-    else:
-      vmax_leaves = [None] * len(g_leaves)
+    none = [None] * len(g_leaves)
+    vmax_leaves = treedef.flatten_up_to(state.nu_max) if cfg.amsgrad else none
+    p_leaves, wd_leaves = none, none
+    if _has_weight_decay(cfg):
+      p_leaves, wd_leaves = _coupled_decay(cfg, state.count, params, updates, treedef)
 
     outs = [
       (None, None, None, None)
       if g is None
-      else _leaf_step(cfg, count_inc, count_next, g, m, v, vm)
-      for g, m, v, vm in zip(g_leaves, m_leaves, v_leaves, vmax_leaves, strict=False)
+      else _leaf_step(cfg, count_inc, count_next, g, m, v, vm, p, wd)
+      for g, m, v, vm, p, wd in zip(
+        g_leaves, m_leaves, v_leaves, vmax_leaves, p_leaves, wd_leaves, strict=True
+      )
     ]
     columns = list(zip(*outs, strict=False)) if outs else [()] * 4
     u, m, v, vm = (treedef.unflatten(list(col)) for col in columns)
@@ -174,17 +202,40 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _has_weight_decay(cfg: _Config) -> bool:
+  """False only for the static "no coupled decay" (a Python 0)."""
+  wd = cfg.weight_decay
+  return callable(wd) or not (isinstance(wd, (int, float)) and wd == 0)
+
+
+def _coupled_decay(cfg: _Config, count, params, updates, treedef):
+  """Per-leaf parameters and coupled decay rates (None where masked out)."""
+  if params is None:
+    raise ValueError(
+      "weight_decay (coupled L2) needs the parameters: call"
+      " update(grads, state, params), or pass weight_decay=0.0."
+    )
+  validation.check_tree_matches("params", params, "updates", updates)
+  wd = cfg.weight_decay(count) if callable(cfg.weight_decay) else cfg.weight_decay
+  flags = validation.mask_leaves("mask", cfg.weight_decay_mask, params, treedef)
+  p_leaves = treedef.flatten_up_to(params)
+  return p_leaves, [wd if flag else None for flag in flags]
+
+
 def checked_config(
   b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov, **options
 ) -> _Config:
+  """Validates every argument of the Adam family and returns its ``_Config``."""
   validation.check_decay("b1", b1)
   validation.check_decay("b2", b2)
   validation.check_non_negative("eps", eps)
   validation.check_non_negative("eps_root", eps_root)
   validation.check_bool("nesterov", nesterov)
-  for key in ("bias_correction_mu", "bias_correction_nu"):
+  for key in ("bias_correction_mu", "bias_correction_nu", "maximize", "eps_hat"):
     if key in options:
       validation.check_bool(key, options[key])
+  if "weight_decay" in options:
+    validation.check_scalar_or_schedule("weight_decay", options["weight_decay"])
   return _Config(
     b1=b1,
     b2=b2,
@@ -197,6 +248,24 @@ def checked_config(
   )
 
 
+def adam_options(
+  *, amsgrad, maximize, bias_correction, eps_hat, weight_decay=0.0, mask=None
+) -> dict[str, Any]:
+  """The public keyword-only switches of ``scale_by_adam``/``adam``/``adamw``
+  as ``_Config`` fields (after checking the two that are not checked there)."""
+  validation.check_bool("amsgrad", amsgrad)
+  validation.check_bool("bias_correction", bias_correction)
+  return dict(
+    amsgrad="raw" if amsgrad else None,
+    maximize=maximize,
+    bias_correction_mu=bias_correction,
+    bias_correction_nu=bias_correction,
+    eps_hat=eps_hat,
+    weight_decay=weight_decay,
+    weight_decay_mask=mask,
+  )
+
+
 def scale_by_adam(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
@@ -206,6 +275,12 @@ def scale_by_adam(
   *,
   nesterov: bool = False,
   nu_dtype: jax.typing.DTypeLike | None = None,
+  amsgrad: bool = False,
+  maximize: bool = False,
+  bias_correction: bool = True,
+  eps_hat: bool = False,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
 
@@ -225,9 +300,26 @@ def scale_by_adam(
     u_t &= \hat m_t / \left(\sqrt{\hat v_t + \bar\varepsilon} + \varepsilon
     \right)
 
-  The learning rate is applied afterwards (see :func:`adam`). With
-  ``nesterov=True``, :math:`\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) +
-  (1 - \beta_1) g_t / (1 - \beta_1^t)` (Dozat, 2016), as in optax.
+  The learning rate is applied afterwards (see :func:`adam`). The keyword-only
+  switches reproduce the other Adams in use (all default to optax's math):
+
+  * ``nesterov=True``: :math:`\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) +
+    (1 - \beta_1) g_t / (1 - \beta_1^t)` (Dozat, 2016), as in optax.
+  * ``amsgrad=True``: :math:`v^{\max}_t = \max(v^{\max}_{t-1}, v_t)` replaces
+    :math:`v_t` before bias correction (PyTorch and Keras; kept in the state's
+    ``nu_max``). :func:`amsgrad` keeps optax's variant, the maximum of
+    :math:`\hat v_t`.
+  * ``maximize=True``: :math:`g_t \to -g_t` (gradient ascent, PyTorch).
+  * ``weight_decay=`` :math:`\lambda`: coupled L2, :math:`g_t \to g_t +
+    \lambda \theta_{t-1}` before the moments (after ``maximize``), as in
+    PyTorch ``Adam``; ``update`` then needs ``params``.
+  * ``bias_correction=False``: :math:`\hat m_t = m_t, \hat v_t = v_t`
+    (the paper's Section 3 ablation, Figure 4).
+  * ``eps_hat=True``: the paper's efficient form (end of Section 2, Keras and
+    TensorFlow): :math:`u_t = \hat m_t \sqrt{1-\beta_2^t} / (\sqrt{v_t +
+    \bar\varepsilon} + \hat\varepsilon)`, so ``eps`` meets the *raw*
+    :math:`\sqrt{v_t}`; it weighs :math:`1/\sqrt{1-\beta_2^t}` times more
+    than the default early in training.
 
   Args:
     b1: decay rate :math:`\beta_1` of the first moment, in [0, 1).
@@ -241,6 +333,14 @@ def scale_by_adam(
     nu_dtype: storage dtype of :math:`v_t` (optax has no such option);
       ``None`` keeps the parameter's real dtype. E.g. ``jnp.bfloat16`` halves
       the second moment's memory; the math still runs in float32.
+    amsgrad: PyTorch/Keras AMSGrad (maximum of the raw second moment).
+    maximize: ascend instead of descend.
+    bias_correction: divide the moments by :math:`1 - \beta^t`.
+    eps_hat: add ``eps`` to :math:`\sqrt{v_t}` before bias correction.
+    weight_decay: coupled L2 coefficient :math:`\lambda` (>= 0) or a schedule
+      of the step count.
+    mask: where ``weight_decay`` applies: a tree of bools like the parameters
+      (or a prefix of it), or a function of the parameters returning one.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -260,6 +360,11 @@ def scale_by_adam(
     >>> updates, state = tx.update(jnp.array([0.5, -0.1]), state)
     >>> print(updates.round(4))  # the first Adam step is sign(g), up to eps
     [ 1. -1.]
+    >>> tx = adam_jax.scale_by_adam(eps=0.1, eps_hat=True)
+    >>> updates, _ = tx.update(jnp.array([0.5, -0.1]), tx.init(params))
+    >>> # eps_hat, t = 1: sqrt(0.001) g / (sqrt(0.001) |g| + 0.1)
+    >>> print(updates.round(4))
+    [ 0.1365 -0.0307]
 
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
@@ -267,7 +372,18 @@ def scale_by_adam(
 
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
+
+    Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
+    <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
+  options = adam_options(
+    amsgrad=amsgrad,
+    maximize=maximize,
+    bias_correction=bias_correction,
+    eps_hat=eps_hat,
+    weight_decay=weight_decay,
+    mask=mask,
+  )
   return adam_family(
-    checked_config(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov)
+    checked_config(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov, **options)
   )

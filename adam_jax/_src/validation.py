@@ -204,3 +204,37 @@ def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
         f"{name}{path} has shape {shape_x} but the optimizer state"
         f" {state_name}{path} has shape {shape_y}."
       )
+
+
+def mask_leaves(name: str, mask: Any, params: Any, treedef: Any) -> list[bool]:
+  """Resolves a weight-decay mask to one static bool per leaf of ``treedef``.
+
+  ``mask`` is None (every leaf), a tree of bools with the structure of
+  ``params`` or a prefix of it (a bool for a whole subtree), or a function of
+  ``params`` returning such a tree -- the forms :func:`optax.masked` accepts.
+  """
+  if mask is None:
+    return [True] * treedef.num_leaves
+  tree = mask(params) if callable(mask) else mask
+  flags, _ = _paths(tree)
+  for path, flag in flags:
+    if not isinstance(flag, (bool, np.bool_)):
+      raise TypeError(
+        f"{name}{path} must be a Python bool (True: decay this subtree), got"
+        f" {_describe(flag)}; masks are static, as in optax.masked."
+      )
+  try:
+    full = jax.tree.map(
+      lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub, is_leaf=is_none),
+      tree,
+      params,
+      is_leaf=is_none,
+    )
+    return treedef.flatten_up_to(full)
+  except (ValueError, TypeError) as err:
+    raise ValueError(
+      f"{name} does not match the parameters: it must be a tree of bools with"
+      " the parameters' structure (or a prefix of it), or a function of the"
+      f" parameters returning one. Mask: {jax.tree.structure(tree)}; params:"
+      f" {jax.tree.structure(params)}. ({err})"
+    ) from None

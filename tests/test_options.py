@@ -265,3 +265,13 @@ def test_average_is_usable_before_the_first_step_and_in_eager_mode():
     )
     == 0.0
   )
+
+
+@pytest.mark.parametrize("maker", ["adam", "adamax", "scale_by_adam"])
+def test_inject_hyperparams_with_defaults_needs_no_params(maker):
+  """The default weight_decay=None stays static: no params needed, as in optax."""
+  kwargs = {} if maker == "scale_by_adam" else {"learning_rate": 0.1}
+  tx = optax.inject_hyperparams(getattr(adam_jax, maker))(**kwargs)
+  params = _params()
+  updates, _ = jax.jit(tx.update)(_grads(params, 0), tx.init(params))
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))

@@ -123,7 +123,7 @@ def adam(
   nesterov: bool = False,
   nu_dtype: Any | None = None,
   amsgrad: bool = False,
-  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay: ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   maximize: bool = False,
   bias_correction: bool = True,
@@ -167,7 +167,7 @@ def adam(
     amsgrad: PyTorch/Keras AMSGrad: the running maximum of the raw second
       moment, bias-corrected afterwards (:func:`amsgrad` is optax's variant).
     weight_decay: coupled L2 coefficient (>= 0) or schedule; needs ``params``
-      in ``update``.
+      in ``update``. ``None`` (the default): none.
     mask: where ``weight_decay`` applies: a tree of bools like the
       parameters (or a prefix of it) or a function of the parameters.
     maximize: ascend the objective (PyTorch's ``maximize``).
@@ -521,7 +521,7 @@ def adamax(
   b2: jax.typing.ArrayLike = 0.999,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
-  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay: ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   maximize: bool = False,
   average_decay: jax.typing.ArrayLike | None = None,
@@ -550,7 +550,7 @@ def adamax(
     b1: decay rate of the first moment, in [0, 1).
     b2: decay rate of the infinity norm, in [0, 1).
     eps: added to :math:`|g_t|`, >= 0.
-    weight_decay: coupled L2 coefficient (>= 0) or schedule.
+    weight_decay: coupled L2 coefficient (>= 0) or schedule; ``None``: none.
     mask: where ``weight_decay`` applies (as in :func:`adam`).
     maximize: ascend the objective.
     average_decay: keep a parameter average in the state (see :func:`adam`).

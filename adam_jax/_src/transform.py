@@ -60,8 +60,10 @@ class _Config:
   # Add eps to sqrt(v_t) before bias correction (the paper's epsilon-hat, Keras).
   eps_hat: bool = False
   # Coupled L2 weight decay: g <- g + weight_decay * params before the moments
-  # (PyTorch ``Adam(weight_decay=...)``). A Python 0 means none at all.
-  weight_decay: Any = 0.0
+  # (PyTorch ``Adam(weight_decay=...)``). None or a Python 0: none at all (so
+  # ``update`` needs no params; under ``inject_hyperparams`` a default of 0.0
+  # would become an array and demand them).
+  weight_decay: Any = None
   weight_decay_mask: Any = None
   # "l2": v_t is the EMA of g^2 (Adam); "max": u_t = max(b2 u, |g| + eps)
   # (AdaMax, Kingma & Ba 2015, Section 7.1).
@@ -183,7 +185,7 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     vmax_leaves = treedef.flatten_up_to(state.nu_max) if cfg.amsgrad else none
     p_leaves, wd_leaves = none, none
     if _has_weight_decay(cfg):
-      p_leaves, wd_leaves = _coupled_decay(cfg, state.count, params, updates, treedef)
+      p_leaves, wd_leaves = _coupled_decay(cfg, state.count, params, state.mu, treedef)
 
     outs = [
       (None, None, None, None)
@@ -203,19 +205,21 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
 
 
 def _has_weight_decay(cfg: _Config) -> bool:
-  """False only for the static "no coupled decay" (a Python 0)."""
+  """False only for the static "no coupled decay" (None or a Python 0)."""
   wd = cfg.weight_decay
+  if wd is None:
+    return False
   return callable(wd) or not (isinstance(wd, (int, float)) and wd == 0)
 
 
-def _coupled_decay(cfg: _Config, count, params, updates, treedef):
+def _coupled_decay(cfg: _Config, count, params, state_mu, treedef):
   """Per-leaf parameters and coupled decay rates (None where masked out)."""
   if params is None:
     raise ValueError(
       "weight_decay (coupled L2) needs the parameters: call"
-      " update(grads, state, params), or pass weight_decay=0.0."
+      " update(grads, state, params), or pass weight_decay=None."
     )
-  validation.check_tree_matches("params", params, "updates", updates)
+  validation.check_tree_matches("params", params, "state.mu", state_mu)
   wd = cfg.weight_decay(count) if callable(cfg.weight_decay) else cfg.weight_decay
   flags = validation.mask_leaves("mask", cfg.weight_decay_mask, params, treedef)
   p_leaves = treedef.flatten_up_to(params)
@@ -234,7 +238,7 @@ def checked_config(
   for key in ("bias_correction_mu", "bias_correction_nu", "maximize", "eps_hat"):
     if key in options:
       validation.check_bool(key, options[key])
-  if "weight_decay" in options:
+  if options.get("weight_decay") is not None:
     validation.check_scalar_or_schedule("weight_decay", options["weight_decay"])
   return _Config(
     b1=b1,
@@ -249,7 +253,7 @@ def checked_config(
 
 
 def adam_options(
-  *, amsgrad, maximize, bias_correction, eps_hat, weight_decay=0.0, mask=None
+  *, amsgrad, maximize, bias_correction, eps_hat, weight_decay=None, mask=None
 ) -> dict[str, Any]:
   """The public keyword-only switches of ``scale_by_adam``/``adam``/``adamw``
   as ``_Config`` fields (after checking the two that are not checked there)."""
@@ -279,7 +283,7 @@ def scale_by_adam(
   maximize: bool = False,
   bias_correction: bool = True,
   eps_hat: bool = False,
-  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay: optax.ScalarOrSchedule | None = None,
   mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
@@ -338,7 +342,7 @@ def scale_by_adam(
     bias_correction: divide the moments by :math:`1 - \beta^t`.
     eps_hat: add ``eps`` to :math:`\sqrt{v_t}` before bias correction.
     weight_decay: coupled L2 coefficient :math:`\lambda` (>= 0) or a schedule
-      of the step count.
+      of the step count; ``None`` (the default): none.
     mask: where ``weight_decay`` applies: a tree of bools like the parameters
       (or a prefix of it), or a function of the parameters returning one.
 

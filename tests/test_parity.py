@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pytest
 
+import adam_jax
 from tests import _parity
 
 CASES = [pytest.param(c, id=c.name) for c in _parity.CASES]
@@ -139,8 +140,6 @@ def bitsandbytes_adam_32bit(params0, grads, lr, b1, b2, eps, weight_decay):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01, 0.1])
 def test_matches_bitsandbytes_32bit_adam_formula(weight_decay):
-  import adam_jax
-
   params0, grads = load_sequence()
   ref = bitsandbytes_adam_32bit(params0, grads, 1e-3, 0.9, 0.999, 1e-8, weight_decay)
   ours = _parity.run_ours(

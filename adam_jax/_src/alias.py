@@ -570,7 +570,6 @@ def adamax(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  validation.check_bool("maximize", maximize)
   cfg = transform.checked_config(
     b1,
     b2,

@@ -252,24 +252,6 @@ def checked_config(
   )
 
 
-def adam_options(
-  *, amsgrad, maximize, bias_correction, eps_hat, weight_decay=None, mask=None
-) -> dict[str, Any]:
-  """The public keyword-only switches of ``scale_by_adam``/``adam``/``adamw``
-  as ``_Config`` fields (after checking the two that are not checked there)."""
-  validation.check_bool("amsgrad", amsgrad)
-  validation.check_bool("bias_correction", bias_correction)
-  return dict(
-    amsgrad="raw" if amsgrad else None,
-    maximize=maximize,
-    bias_correction_mu=bias_correction,
-    bias_correction_nu=bias_correction,
-    eps_hat=eps_hat,
-    weight_decay=weight_decay,
-    weight_decay_mask=mask,
-  )
-
-
 def scale_by_adam(
   b1: jax.typing.ArrayLike = 0.9,
   b2: jax.typing.ArrayLike = 0.999,
@@ -380,14 +362,22 @@ def scale_by_adam(
     Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
-  options = adam_options(
-    amsgrad=amsgrad,
+  validation.check_bool("amsgrad", amsgrad)  # before it becomes a mode string
+  validation.check_bool("bias_correction", bias_correction)  # under its own name
+  cfg = checked_config(
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    nu_dtype,
+    nesterov,
+    amsgrad="raw" if amsgrad else None,
     maximize=maximize,
-    bias_correction=bias_correction,
+    bias_correction_mu=bias_correction,
+    bias_correction_nu=bias_correction,
     eps_hat=eps_hat,
     weight_decay=weight_decay,
-    mask=mask,
+    weight_decay_mask=mask,
   )
-  return adam_family(
-    checked_config(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov, **options)
-  )
+  return adam_family(cfg)

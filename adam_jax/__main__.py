@@ -154,13 +154,16 @@ class Result:
   """What one optimizer's run measured."""
 
   name: str
-  label: str
   step_losses: list[float]
   epoch_train_loss: list[float]
   epoch_test_accuracy: list[float]
   step_seconds: list[float]
   state_bytes: int
   num_params: int
+
+  @property
+  def label(self) -> str:
+    return LABELS.get(self.name, self.name)
 
   @property
   def train_loss(self) -> float:
@@ -176,8 +179,13 @@ class Result:
 
 
 def tree_bytes(tree: Any) -> int:
-  """Bytes of all array leaves of ``tree``."""
-  return sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(tree))
+  """Bytes of all array leaves of ``tree`` (read from metadata, no copies)."""
+  return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of scalars in the ``nnx.Param`` variables of ``model``."""
+  return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def train_one(
@@ -189,7 +197,6 @@ def train_one(
   epochs: int,
   batch_size: int,
   seed: int,
-  label: str = "",
   progress: bool = True,
 ) -> Result:
   """Trains ``model`` (modified in place) with ``tx``; returns the measurements.
@@ -208,7 +215,6 @@ def train_one(
   # The step donates its input buffers; copy them first, so that other models
   # sharing arrays with this one (``nnx.clone`` does not copy) stay valid.
   state = jax.tree.map(jnp.copy, state)
-  num_params = sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   state_bytes = tree_bytes(optimizer.opt_state)
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -271,13 +277,12 @@ def train_one(
     step_seconds.append(elapsed)
   return Result(
     name=name,
-    label=label or name,
     step_losses=step_losses,
     epoch_train_loss=epoch_train_loss,
     epoch_test_accuracy=epoch_test_accuracy,
     step_seconds=step_seconds,
     state_bytes=state_bytes,
-    num_params=num_params,
+    num_params=count_params(model),
   )
 
 
@@ -329,7 +334,7 @@ def plot(results: Sequence[Result], path: Path, steps_per_epoch: int) -> Path:
       color=line.get_color(),
       marker="o",
       markersize=3,
-      label=f"{r.label}",
+      label=r.label,
     )
     ax_acc.plot(
       np.arange(1, len(r.epoch_test_accuracy) + 1),
@@ -369,7 +374,7 @@ def run(
   batch_size = min(args.batch_size, n_train)
   steps_per_epoch = n_train // batch_size
   model = CNN(nnx.Rngs(args.seed))
-  num_params = sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  num_params = count_params(model)
   log(
     f"digits: {n_train} train / {n_test} test images; CNN with {num_params:,} "
     f"parameters; {args.epochs} epochs x {steps_per_epoch} steps of batch "
@@ -388,7 +393,6 @@ def run(
       epochs=args.epochs,
       batch_size=batch_size,
       seed=args.seed,
-      label=LABELS[name],
       progress=args.progress,
     )
     log(

@@ -166,10 +166,11 @@ def test_nnx_mask_skips_biases_and_norms(digits):
       optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
       _nnx_train_step(model, optimizer, x[batches[0]], y[batches[0]])
       results[name] = nnx.state(model, nnx.Param)
-  flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+  flat_before = dict(jax.tree_util.tree_leaves_with_path(before))
+  flat_adam = dict(jax.tree_util.tree_leaves_with_path(results["adam"]))
   decayed = 0
-  for path, p_adamw in jax.tree_util.tree_flatten_with_path(results["adamw"])[0]:
-    p_adam = dict(jax.tree_util.tree_flatten_with_path(results["adam"])[0])[path]
+  for path, p_adamw in jax.tree_util.tree_leaves_with_path(results["adamw"]):
+    p_adam = flat_adam[path]
     if _is_kernel(path, None):
       expected = p_adam - LR * WD * flat_before[path]
       decayed += 1

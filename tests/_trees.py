@@ -81,3 +81,16 @@ def assert_same_structure(a, b):
   sa = jax.tree.structure(a, is_leaf=is_none)
   sb = jax.tree.structure(b, is_leaf=is_none)
   assert sa == sb, f"{sa} != {sb}"
+
+
+def assert_trees_equal(a, b) -> None:
+  """Same structure, and every leaf bitwise equal in value and dtype."""
+  assert jax.tree.structure(a, is_leaf=is_none) == jax.tree.structure(
+    b, is_leaf=is_none
+  ), (jax.tree.structure(a), jax.tree.structure(b))
+  for (path, x), y in zip(
+    jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+  ):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype, (jax.tree_util.keystr(path), x.dtype, y.dtype)
+    assert np.array_equal(x, y), (jax.tree_util.keystr(path), x, y)

@@ -3,8 +3,16 @@
 Both optimizers see the same open-loop gradient sequence (1000 steps, scales
 1e-4..1e2, some all-zero steps) on random nested trees (dicts, tuples, lists,
 None leaves, 0-d leaves), each applying its own updates to its own parameters.
-Every step's updates must agree to 1e-6 relative (per leaf, relative to the
-leaf's largest update), and the final parameters too.
+Every step's updates must agree to 1e-6 of that step's largest update, and the
+final parameters too.
+
+Why the step's largest update and not each leaf's: where a leaf's update
+nearly cancels (m_t close to 0, or Adam's step against the weight decay), a
+one-ulp difference in m_t is a large fraction of that leaf's tiny update. Such
+ulps depend on how XLA fuses the step (it contracts multiply-adds), so they
+differ between two correct implementations: measured on adamw, seed 1, per
+leaf, adam_jax is 2.5e-3 and optax 2.7e-3 away from a float64 run of the same
+steps, and 1.8e-4 from each other.
 """
 
 import contextlib
@@ -88,8 +96,16 @@ def test_matches_optax_for_1000_steps(case, seed):
   def per_step(tree, t):
     return jax.tree.map(lambda x: x[t], tree)
 
+  def step_scale(tree, t):
+    largest = max(
+      float(np.max(np.abs(x[t]), initial=0.0)) for x in jax.tree.leaves(tree)
+    )
+    return jax.tree.map(lambda x: np.float32(largest), per_step(tree, t))
+
   worst = max(
-    max_relative_difference(per_step(u_ours, t), per_step(u_ref, t))
+    max_relative_difference(
+      per_step(u_ours, t), per_step(u_ref, t), step_scale(u_ref, t)
+    )
     for t in range(STEPS)
   )
   assert worst <= TOL, f"{case}: worst per-step relative difference {worst:.3g}"

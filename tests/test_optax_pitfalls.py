@@ -118,7 +118,13 @@ def test_inject_hyperparams_bfloat16_stays_finite_and_sensible():
 
 # 5. Bias correction and moments in at least float32, whatever the storage.
 def _storage_rounded_adam(grads, dtype, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-  """float64 Adam whose stored m, v are rounded to `dtype` after each step."""
+  """float64 Adam whose stored m, v are rounded to `dtype` after each step.
+
+  Rounding the stored v (float16 subnormals keep few bits) can push
+  |m_hat| / sqrt(v_hat) past the largest value exact arithmetic allows,
+  sqrt(sum_k w_k^2 / c_k) for m_hat = sum_k w_k g_k, v_hat = sum_k c_k g_k^2;
+  adam_jax clips the ratio there (see ``_step_bound``), so this does too.
+  """
   rnd = lambda x: np.asarray(x, dtype).astype(np.float64)  # noqa: E731
   m = v = np.zeros_like(grads[0], np.float64)
   out = []
@@ -126,7 +132,12 @@ def _storage_rounded_adam(grads, dtype, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     g = rnd(g)
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    u = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    k = np.arange(t)
+    w = (1 - b1) * b1**k / (1 - b1**t)
+    c = (1 - b2) * b2**k / (1 - b2**t)
+    bound = np.sqrt(np.sum(w * w / c))
+    ratio = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    u = -lr * np.clip(ratio, -bound, bound)
     out.append(rnd(u))
     m, v = rnd(m), rnd(v)
   return np.stack(out)

@@ -76,9 +76,11 @@ def _add_decayed_weights(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
-        "adamw needs the parameters for its weight decay: call"
+        "weight_decay (decoupled, as in adamw) needs the parameters: call"
         " update(grads, state, params), or pass weight_decay=0.0."
       )
+    validation.check_param_dtypes("params", params)
+    validation.check_tree_matches("params", params, "updates", updates)
     s, state = _current_value(weight_decay, state)
     if isinstance(s, (int, float)) and s == 0:
       return updates, state
@@ -88,7 +90,7 @@ def _add_decayed_weights(
         return None
       cdt = moments.compute_dtype(g.dtype)
       s_c = moments.cast_hyperparameter(s, cdt)
-      decayed = s_c * p.astype(cdt)
+      decayed = s_c * jnp.asarray(p).astype(cdt)
       g_c = g.astype(cdt)
       return (g_c + decayed if sign > 0 else g_c - decayed).astype(g.dtype)
 
@@ -96,20 +98,69 @@ def _add_decayed_weights(
     return updates, state
 
   tx = optax.GradientTransformation(_init_schedule(weight_decay), update_fn)
-  return tx if mask is None else optax.masked(tx, mask)
+  return tx if mask is None else _checked_mask(optax.masked(tx, mask), mask)
+
+
+def _checked_mask(masked: optax.GradientTransformation, mask: MaskOrFn):
+  """``optax.masked`` whose mask is checked against the tree first, so that a
+  mismatch names the first differing path instead of a pytree error."""
+
+  def check(tree):
+    treedef = jax.tree.structure(tree, is_leaf=validation.is_none)
+    validation.mask_leaves("mask", mask, tree, treedef)
+
+  def init_fn(params):
+    check(params)
+    return masked.init(params)
+
+  def update_fn(updates, state, params=None):
+    check(updates)  # optax.masked applies a mask function to the updates
+    return masked.update(updates, state, params)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _chain(
   *steps: optax.GradientTransformation,
-  average_decay: Any,
-  average_mode: str,
+  average_decay: Any = None,
+  average_mode: str = "paper",
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*steps)``, plus the parameter average last when asked for
-  (one flat chain, so without it the state is exactly optax's)."""
+  (one flat chain, so without it the state is exactly optax's).
+
+  ``steps[0]`` is a ``scale_by_adam``. ``update`` first checks that the state
+  comes from this chain's ``init`` (naming the first difference). With
+  ``skip_nonfinite`` (also set on ``steps[0]``, which keeps the count of
+  skipped steps) a step with a non-finite gradient leaves the rest of the
+  chain's state unchanged too (schedule counts, parameter average) and
+  returns a zero update, whatever the later steps (weight decay) add.
+  """
   averaging.check_average(average_decay, average_mode)
   if average_decay is not None:
     steps = (*steps, averaging.average_params(average_decay, average_mode))
-  return optax.chain(*steps)
+  chain = optax.chain(*steps)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    validation.check_param_dtypes("updates", updates)
+    if isinstance(state, tuple) and state:
+      if isinstance(state[0], transform.ScaleByAdamState):
+        mu = state[0].mu
+        validation.check_tree_matches("updates", updates, "state[0].mu", mu)
+    validation.check_state(state, jax.eval_shape(chain.init, updates))
+    new_updates, new_state = chain.update(updates, state, params, **extra_args)
+    if not skip_nonfinite:
+      return new_updates, new_state
+    finite = transform.all_finite(jax.tree.leaves(updates))
+
+    def keep(new, old):
+      return jnp.where(finite, new, old)
+
+    rest = jax.tree.map(keep, tuple(new_state[1:]), tuple(state[1:]))
+    zero = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
+    return zero, (new_state[0], *rest)
+
+  return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
 
 def adam(
@@ -130,6 +181,7 @@ def adam(
   eps_hat: bool = False,
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
 
@@ -182,6 +234,14 @@ def adam(
     average_mode: ``"paper"`` (bias-corrected average from zero) or
       ``"keras"`` (Keras ``use_ema``: starts at the first updated parameters,
       no correction).
+    skip_nonfinite: if any gradient element is NaN or infinite, skip the
+      step: a zero update, and the whole state (moments, count, schedule
+      counts, parameter average) unchanged except ``state[0].skipped``, which
+      counts skipped steps. The decision stays on the device (no host
+      synchronization) and works under ``jit``, sharding, ``MultiSteps`` and
+      every storage dtype. Unlike ``optax.apply_if_finite`` there is no extra
+      state wrapper and no error budget after which a non-finite step goes
+      through. Without it, such an element gets a NaN update, as in optax.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -207,6 +267,14 @@ def adam(
     >>> print(*(f"{x:+.4f}" for x in updates))  # -0.1 sign(-0.2 + 0.5 params)
     -0.1000 +0.1000
 
+    With ``skip_nonfinite=True`` a NaN gradient costs nothing but a count:
+
+    >>> solver = adam_jax.adam(0.1, skip_nonfinite=True)
+    >>> state = solver.init(jnp.zeros(2))
+    >>> updates, state = solver.update(jnp.array([jnp.nan, 1.0]), state)
+    >>> print(updates, state[0].count, state[0].skipped)
+    [0. 0.] 0 1
+
   References:
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015.
@@ -230,10 +298,12 @@ def adam(
       eps_hat=eps_hat,
       weight_decay=weight_decay,
       mask=mask,
+      skip_nonfinite=skip_nonfinite,
     ),
     _scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
     average_mode=average_mode,
+    skip_nonfinite=skip_nonfinite,
   )
 
 
@@ -256,6 +326,7 @@ def adamw(
   decouple_lr: bool = False,
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
 
@@ -302,6 +373,7 @@ def adamw(
     decouple_lr: do not multiply the decay by the learning rate.
     average_decay: keep a parameter average in the state (see :func:`adam`).
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
+    skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
@@ -330,6 +402,7 @@ def adamw(
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
   validation.check_scalar_or_schedule("weight_decay", weight_decay)
   validation.check_bool("decouple_lr", decouple_lr)
+  validation.check_mask("mask", mask)
   scale = transform.scale_by_adam(
     b1,
     b2,
@@ -342,13 +415,19 @@ def adamw(
     maximize=maximize,
     bias_correction=bias_correction,
     eps_hat=eps_hat,
+    skip_nonfinite=skip_nonfinite,
   )
   lr = _scale_by_learning_rate(learning_rate)
   if decouple_lr:
     steps = (scale, lr, _add_decayed_weights(weight_decay, mask, sign=-1))
   else:
     steps = (scale, _add_decayed_weights(weight_decay, mask), lr)
-  return _chain(*steps, average_decay=average_decay, average_mode=average_mode)
+  return _chain(
+    *steps,
+    average_decay=average_decay,
+    average_mode=average_mode,
+    skip_nonfinite=skip_nonfinite,
+  )
 
 
 def nadam(
@@ -361,6 +440,7 @@ def nadam(
   *,
   nesterov: bool = True,
   nu_dtype: Any | None = None,
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
 
@@ -393,6 +473,7 @@ def nadam(
     mu_dtype,
     nesterov=nesterov,
     nu_dtype=nu_dtype,
+    skip_nonfinite=skip_nonfinite,
   )
 
 
@@ -408,6 +489,7 @@ def nadamw(
   *,
   nesterov: bool = True,
   nu_dtype: Any | None = None,
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
 
@@ -441,6 +523,7 @@ def nadamw(
     mask,
     nesterov=nesterov,
     nu_dtype=nu_dtype,
+    skip_nonfinite=skip_nonfinite,
   )
 
 
@@ -453,6 +536,8 @@ def amsgrad(
   mu_dtype: Any | None = None,
   bias_correction_mu: bool = True,
   bias_correction_nu: bool = True,
+  *,
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
 
@@ -482,6 +567,7 @@ def amsgrad(
     bias_correction_mu: bias-correct :math:`m_t` (False: the AMSGrad paper).
     bias_correction_nu: bias-correct :math:`v_t` before the maximum (False:
       the AMSGrad paper).
+    skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -508,10 +594,12 @@ def amsgrad(
     amsgrad="corrected",
     bias_correction_mu=bias_correction_mu,
     bias_correction_nu=bias_correction_nu,
+    skip_nonfinite=skip_nonfinite,
   )
-  return optax.chain(
+  return _chain(
     transform.adam_family(cfg),
     _scale_by_learning_rate(learning_rate),
+    skip_nonfinite=skip_nonfinite,
   )
 
 
@@ -526,6 +614,7 @@ def adamax(
   maximize: bool = False,
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
 
@@ -555,6 +644,7 @@ def adamax(
     maximize: ascend the objective.
     average_decay: keep a parameter average in the state (see :func:`adam`).
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
+    skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -582,10 +672,12 @@ def adamax(
     maximize=maximize,
     weight_decay=weight_decay,
     weight_decay_mask=mask,
+    skip_nonfinite=skip_nonfinite,
   )
   return _chain(
     transform.adam_family(cfg),
     _scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
     average_mode=average_mode,
+    skip_nonfinite=skip_nonfinite,
   )

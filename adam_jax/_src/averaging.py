@@ -48,12 +48,11 @@ class ParamAverageState(NamedTuple):
 
 
 def check_average(decay: Any, mode: Any) -> None:
-  if decay is not None:
+  validation.check_choice("average_mode", mode, AVERAGE_MODES)
+  if decay is None:
+    validation.check_unused("average_mode", mode, "paper", "average_decay")
+  else:
     validation.check_decay("average_decay", decay)
-  if not (isinstance(mode, str) and mode in AVERAGE_MODES):
-    raise ValueError(
-      f"average_mode must be one of {AVERAGE_MODES}, got average_mode={mode!r}."
-    )
 
 
 def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
@@ -62,7 +61,10 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
   def init_fn(params):
     return ParamAverageState(
       count=jnp.zeros([], jnp.int32),
-      average=jax.tree.map(lambda p: p.astype(moments.compute_dtype(p.dtype)), params),
+      average=jax.tree.map(
+        lambda p: jnp.asarray(p).astype(moments.compute_dtype(jnp.result_type(p))),
+        params,
+      ),
     )
 
   def update_fn(updates, state, params=None):
@@ -71,12 +73,14 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
         "average_decay needs the parameters to average: call"
         " update(grads, state, params), or pass average_decay=None."
       )
+    validation.check_param_dtypes("params", params)
     validation.check_tree_matches("params", params, "state.average", state.average)
     count = optax.safe_increment(state.count)
 
     def leaf(u, p, a):
       if u is None:
         return a
+      p = jnp.asarray(p)
       cdt = moments.compute_dtype(p.dtype)
       # theta_t exactly as optax.apply_updates rounds it.
       theta = (p.astype(cdt) + u.astype(cdt)).astype(p.dtype).astype(a.dtype)

@@ -85,3 +85,22 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   """
   zero = jnp.zeros_like(numerator)
   return jnp.where(numerator == zero, zero, numerator / denominator)
+
+
+def saturate(x: jax.Array) -> jax.Array:
+  """``x`` clipped to its dtype's finite range: overflow saturates at the
+  largest finite value instead of becoming infinite. NaN stays NaN."""
+  big = float(jnp.finfo(x.dtype).max)
+  return jnp.clip(x, -big, big)
+
+
+def store(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x`` rounded to a storage dtype, saturating at its largest finite value
+  (a float16 ``nu`` holds at most 65504, not inf). NaN stays NaN."""
+  big = float(jnp.finfo(dtype).max)
+  if big >= jnp.finfo(x.dtype).max:
+    return x.astype(dtype)  # only overflow of the arithmetic itself: saturate()
+  if jnp.iscomplexobj(x):
+    parts = jnp.clip(x.real, -big, big), jnp.clip(x.imag, -big, big)
+    return jax.lax.complex(*parts).astype(dtype)
+  return jnp.clip(x, -big, big).astype(dtype)

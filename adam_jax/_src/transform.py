@@ -8,6 +8,7 @@ aliases (``amsgrad``, ``adamax``) are configurations of that one builder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 from typing import NamedTuple
 
@@ -30,12 +31,16 @@ class ScaleByAdamState(NamedTuple):
     nu: second moment :math:`v_t` (for AdaMax, the infinity norm :math:`u_t`),
       stored in ``nu_dtype`` (default: the parameter's real dtype).
     nu_max: running maximum of the second moment for AMSGrad, else ``None``.
+    skipped: with ``skip_nonfinite=True``, the number of steps skipped because
+      a gradient element was NaN or infinite (an int32 scalar saturating at
+      ``2**31 - 1``), else ``None``. Skipped steps do not advance ``count``.
   """
 
   count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   mu: optax.Updates
   nu: optax.Updates
   nu_max: optax.Updates | None = None
+  skipped: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,22 +73,37 @@ class _Config:
   # "l2": v_t is the EMA of g^2 (Adam); "max": u_t = max(b2 u, |g| + eps)
   # (AdaMax, Kingma & Ba 2015, Section 7.1).
   norm: str = "l2"
+  # Skip the whole step (zero update, state unchanged but for ``skipped``) when
+  # any gradient element is NaN or infinite.
+  skip_nonfinite: bool = False
 
 
-def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None):
+def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step):
   """One Adam step for one leaf: ``(g, m, v, v_max) -> (u, m, v, v_max)``.
 
   Everything is computed in ``compute_dtype(g.dtype)`` (>= float32); the update
   comes back in ``g.dtype`` and the moments in their stored dtypes. ``wd`` is
   the coupled weight decay for this leaf (None: none) and ``p`` its parameter.
+  ``step`` holds what is shared by every leaf: ``bound(rdt)``, the step-size
+  bound in a dtype, and ``finite``, whether every gradient is finite (None
+  without ``skip_nonfinite``).
+
+  For finite gradients the update is finite and ``|u| <= bound`` at any
+  magnitude: the moments are stored saturated at their dtype's largest value
+  instead of overflowing, and the ratio ``m_hat / denominator`` (which can only
+  leave the bound through overflow or underflow, e.g. ``v_t`` flushed to 0
+  with ``eps = 0``) is clipped to it. Inside the representable range nothing
+  changes, bit for bit. A NaN or infinite gradient element gives a NaN update
+  there (as in optax), never a plausible-looking finite one.
   """
   cdt = moments.compute_dtype(g.dtype)
   rdt = moments.real_dtype(cdt)
+  real = cdt == rdt
   gc = g.astype(cdt)
   if cfg.maximize:
     gc = -gc
   if wd is not None:
-    gc = gc + moments.cast_hyperparameter(wd, rdt) * p.astype(cdt)
+    gc = gc + moments.cast_hyperparameter(wd, rdt) * jnp.asarray(p).astype(cdt)
   b1 = moments.cast_hyperparameter(cfg.b1, rdt)
   b2 = moments.cast_hyperparameter(cfg.b2, rdt)
   eps = moments.cast_hyperparameter(cfg.eps, rdt)
@@ -99,16 +119,18 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None):
   else:
     keep2, rate2, bc2 = moments.ema_coefficients(b2, tc)
     v_new = rate2 * moments.abs_sq(gc) + keep2 * v.astype(rdt)
+  v_new = moments.saturate(v_new)  # a finite gradient must not freeze v at inf
 
   if cfg.nesterov:
     keep1n, _, bc1n = moments.ema_coefficients(b1, tc_next)
     keep1nc = _as_compute(keep1n, cdt)
     if cfg.bias_correction_mu:
-      m_hat = keep1nc * (m_new / _as_compute(bc1n, cdt)) + rate1c * (
-        gc / _as_compute(bc1, cdt)
-      )
+      ahead = keep1nc * (m_new / _as_compute(bc1n, cdt))
+      now = rate1c * (gc / _as_compute(bc1, cdt))
     else:
-      m_hat = keep1nc * m_new + rate1c * gc
+      ahead, now = keep1nc * m_new, rate1c * gc
+    # Two terms that may each overflow with opposite signs (inf - inf = NaN).
+    m_hat = ahead + now
   elif cfg.bias_correction_mu:
     m_hat = m_new / _as_compute(bc1, cdt)
   else:
@@ -128,13 +150,83 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None):
         denom = denom / jnp.sqrt(bc2)
     else:
       v_hat = v_used / bc2 if cfg.bias_correction_nu else v_used
+      v_hat = moments.saturate(v_hat)  # sqrt(inf) would turn m_hat / inf into 0
       if cfg.amsgrad == "corrected":
         v_max_new = v_hat = jnp.maximum(v_max.astype(rdt), v_hat)
       denom = jnp.sqrt(v_hat + eps_root) + eps
-  u = moments.safe_divide(m_hat, denom.astype(cdt)).astype(g.dtype)
-  if v_max_new is not None:
-    v_max_new = v_max_new.astype(v_max.dtype)
-  return u, m_new.astype(m.dtype), v_new.astype(v.dtype), v_max_new
+  u = moments.safe_divide(m_hat, denom.astype(cdt))
+  if real:
+    bound = step["bound"](rdt)
+    u = jnp.where(jnp.isfinite(gc), jnp.clip(u, -bound, bound), jnp.nan)
+  out = (
+    u.astype(g.dtype),
+    moments.store(m_new, m.dtype),
+    moments.store(v_new, v.dtype),
+    None if v_max_new is None else moments.store(v_max_new, v_max.dtype),
+  )
+  finite = step.get("finite")
+  if finite is None:
+    return out
+  old = (jnp.zeros_like(g), m, v, v_max)
+  return tuple(
+    None if new is None else jnp.where(finite, new, before)
+    for new, before in zip(out, old, strict=True)
+  )
+
+
+def _step_bound(cfg: _Config, t: jax.Array, dtype: Any) -> jax.Array:
+  r"""The largest possible :math:`|\hat m_t| / \sqrt{\hat v_t}` at step ``t``.
+
+  Both moments are weighted sums of the gradients, :math:`\hat m_t = \sum_k
+  w_k g_{t-k}` and :math:`\hat v_t = \sum_k c_k g_{t-k}^2` (:math:`k < t`),
+  so by Cauchy--Schwarz :math:`|\hat m_t| \le \sqrt{\sum_k w_k^2 / c_k}
+  \sqrt{\hat v_t}`, with equality for :math:`g_{t-k} \propto w_k / c_k`.
+  ``eps``, ``eps_root`` and AMSGrad's maximum only enlarge the denominator.
+  With :math:`r = \beta_1^2 / \beta_2` and :math:`G = \sum_{k<t} r^k`:
+
+  * Adam: :math:`w_k = (1-\beta_1)\beta_1^k / (1-\beta_1^t)`, :math:`c_k =
+    (1-\beta_2)\beta_2^k / (1-\beta_2^t)`, so :math:`B_t^2 = (1-\beta_1)^2
+    (1-\beta_2^t) G / ((1-\beta_2)(1-\beta_1^t)^2)`;
+  * Nesterov: :math:`w_k = a \beta_1^k + d\,[k=0]` with :math:`a =
+    \beta_1(1-\beta_1)/(1-\beta_1^{t+1})`, :math:`d = (1-\beta_1)/(1 -
+    \beta_1^t)`, so :math:`B_t^2 = (1-\beta_2^t)(a^2 G + 2ad + d^2) /
+    (1-\beta_2)`;
+  * AdaMax: :math:`u_t \ge \beta_2^k |g_{t-k}|`, so :math:`B_t = \sum_k
+    w_k \beta_2^{-k}`.
+
+  Without bias correction the corresponding :math:`1 - \beta^t` factors are
+  1. The bound is infinite for :math:`\beta_2 = 0 < \beta_1` (and for a
+  decay rate that arrived rounded to exactly 1) and is returned saturated at
+  the dtype's largest value.
+  """
+  b1 = jnp.asarray(cfg.b1).astype(dtype)
+  b2 = jnp.asarray(cfg.b2).astype(dtype)
+  one = jnp.ones([], dtype)
+  bc1 = one - b1**t if cfg.bias_correction_mu else one
+  if cfg.norm == "max":
+    bound = (one - b1) / bc1 * _geometric_sum(b1, b2, t)
+  else:
+    bc2 = one - b2**t if cfg.bias_correction_nu else one
+    g = _geometric_sum(b1 * b1, b2, t)
+    if cfg.nesterov:
+      bc1n = one - b1 ** (t + one) if cfg.bias_correction_mu else one
+      a = b1 * (one - b1) / bc1n
+      d = (one - b1) / bc1
+      square = bc2 / (one - b2) * (a * a * g + 2 * a * d + d * d)
+    else:
+      square = (one - b1) ** 2 * bc2 / ((one - b2) * bc1 * bc1) * g
+    bound = jnp.sqrt(square)
+  bound = jnp.where((b1 == one) | (b2 == one), jnp.inf, bound)
+  return jnp.minimum(bound, jnp.finfo(dtype).max)
+
+
+def _geometric_sum(x: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
+  """``sum_{k<t} (x / y)**k`` for ``0 <= x, y < 1``, accurate near ``x = y``."""
+  delta = (x - y) / y  # the ratio minus 1, without first rounding the ratio
+  safe = jnp.where((y == 0) | (delta == 0), jnp.ones_like(delta), delta)
+  power_sum = jnp.expm1(t * jnp.log1p(safe)) / safe
+  at_zero = jnp.where(x == 0, jnp.ones_like(x), jnp.inf)  # 0**0 = 1
+  return jnp.where(y == 0, at_zero, jnp.where(delta == 0, t, power_sum))
 
 
 def _as_compute(x, dtype):
@@ -151,17 +243,19 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
 
   def mu_dtype_for(p):
     if cfg.mu_dtype is None:
-      return p.dtype
+      return jnp.result_type(p)
     if jnp.iscomplexobj(p) != jnp.issubdtype(cfg.mu_dtype, jnp.complexfloating):
       raise TypeError(
         f"mu_dtype={jnp.dtype(cfg.mu_dtype).name} cannot store the first"
-        f" moment of a {p.dtype} parameter: use a"
+        f" moment of a {jnp.result_type(p)} parameter: use a"
         f" {'complex' if jnp.iscomplexobj(p) else 'real'} dtype."
       )
     return cfg.mu_dtype
 
   def nu_dtype_for(p):
-    return moments.real_dtype(p.dtype) if cfg.nu_dtype is None else cfg.nu_dtype
+    if cfg.nu_dtype is None:
+      return moments.real_dtype(jnp.result_type(p))
+    return cfg.nu_dtype
 
   def init_fn(params):
     validation.check_param_dtypes("params", params)
@@ -170,15 +264,17 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
       mu=_zeros(params, mu_dtype_for),
       nu=_zeros(params, nu_dtype_for),
       nu_max=_zeros(params, nu_dtype_for) if cfg.amsgrad else None,
+      skipped=jnp.zeros([], jnp.int32) if cfg.skip_nonfinite else None,
     )
 
   def update_fn(updates, state, params=None):
-    validation.check_tree_matches("updates", updates, "state.mu", state.mu)
     validation.check_param_dtypes("updates", updates)
+    check_state(cfg, updates, state)
     count_inc = optax.safe_increment(state.count)
     count_next = optax.safe_increment(count_inc)
 
     g_leaves, treedef = jax.tree.flatten(updates, is_leaf=validation.is_none)
+    g_leaves = [None if g is None else jnp.asarray(g) for g in g_leaves]
     m_leaves = treedef.flatten_up_to(state.mu)
     v_leaves = treedef.flatten_up_to(state.nu)
     none = [None] * len(g_leaves)
@@ -187,21 +283,83 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     if _has_weight_decay(cfg):
       p_leaves, wd_leaves = _coupled_decay(cfg, state.count, params, state.mu, treedef)
 
+    bounds: dict[Any, jax.Array] = {}  # one scalar per compute dtype
+
+    def bound(rdt):
+      if rdt not in bounds:
+        bounds[rdt] = _step_bound(cfg, count_inc.astype(rdt), rdt)
+      return bounds[rdt]
+
+    finite = all_finite(g_leaves) if cfg.skip_nonfinite else None
     outs = [
       (None, None, None, None)
       if g is None
-      else _leaf_step(cfg, count_inc, count_next, g, m, v, vm, p, wd)
+      else _leaf_step(
+        cfg, count_inc, count_next, g, m, v, vm, p, wd, bound=bound, finite=finite
+      )
       for g, m, v, vm, p, wd in zip(
         g_leaves, m_leaves, v_leaves, vmax_leaves, p_leaves, wd_leaves, strict=True
       )
     ]
     columns = list(zip(*outs, strict=False)) if outs else [()] * 4
     u, m, v, vm = (treedef.unflatten(list(col)) for col in columns)
+    count, skipped = count_inc, None
+    if finite is not None:
+      count = jnp.where(finite, count_inc, state.count)
+      skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
     return u, ScaleByAdamState(
-      count=count_inc, mu=m, nu=v, nu_max=vm if cfg.amsgrad else None
+      count=count,
+      mu=m,
+      nu=v,
+      nu_max=vm if cfg.amsgrad else None,
+      skipped=skipped,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def check_state(cfg: _Config, updates: Any, state: Any) -> None:
+  """Checks, at trace time, that ``state`` is a :class:`ScaleByAdamState` made
+  by ``init`` of this configuration for parameters like ``updates``."""
+  if not isinstance(state, ScaleByAdamState):
+    hint = ""
+    if type(state).__name__ == "ScaleByAdamState":
+      hint = (
+        " (this is optax's state; convert it with adam_jax.ScaleByAdamState("
+        "count=s.count, mu=s.mu, nu=s.nu))"
+      )
+    raise TypeError(
+      "state must be the adam_jax.ScaleByAdamState returned by init, got a"
+      f" {type(state).__module__}.{type(state).__name__}{hint}."
+    )
+  validation.check_tree_matches("updates", updates, "state.mu", state.mu)
+  for field, wanted, option in (
+    ("nu_max", bool(cfg.amsgrad), "amsgrad"),
+    ("skipped", cfg.skip_nonfinite, "skip_nonfinite"),
+  ):
+    if (getattr(state, field) is not None) != wanted:
+      raise ValueError(
+        f"state.{field} is {'None' if not wanted else 'set'} but this"
+        f" optimizer keeps {'it' if wanted else 'None there'}: the state comes"
+        f" from a configuration with a different {option} option. Call init"
+        " with this optimizer."
+      )
+  for field, dtype in (("mu", cfg.mu_dtype), ("nu", cfg.nu_dtype)):
+    if dtype is None:
+      continue
+    for path, x in validation.leaf_paths(getattr(state, field)):
+      if x is not None and jnp.result_type(x) != dtype:
+        raise ValueError(
+          f"state.{field}{path} is stored in {jnp.result_type(x)} but this"
+          f" optimizer has {field}_dtype={jnp.dtype(dtype).name}: the state"
+          " comes from another configuration. Call init with this optimizer."
+        )
+
+
+def all_finite(leaves: list[Any]) -> jax.Array:
+  """True when no element of any leaf is NaN or infinite (a traced bool)."""
+  flags = [jnp.all(jnp.isfinite(g)) for g in leaves if g is not None]
+  return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
 
 
 def _has_weight_decay(cfg: _Config) -> bool:
@@ -235,11 +393,22 @@ def checked_config(
   validation.check_non_negative("eps", eps)
   validation.check_non_negative("eps_root", eps_root)
   validation.check_bool("nesterov", nesterov)
-  for key in ("bias_correction_mu", "bias_correction_nu", "maximize", "eps_hat"):
+  switches = (
+    "bias_correction_mu",
+    "bias_correction_nu",
+    "maximize",
+    "eps_hat",
+    "skip_nonfinite",
+  )
+  for key in switches:
     if key in options:
       validation.check_bool(key, options[key])
   if options.get("weight_decay") is not None:
     validation.check_scalar_or_schedule("weight_decay", options["weight_decay"])
+  mask = options.get("weight_decay_mask")
+  validation.check_mask("mask", mask)
+  if options.get("weight_decay") is None:
+    validation.check_unused("mask", mask, None, "weight_decay")
   return _Config(
     b1=b1,
     b2=b2,
@@ -267,6 +436,7 @@ def scale_by_adam(
   eps_hat: bool = False,
   weight_decay: optax.ScalarOrSchedule | None = None,
   mask: Any = None,
+  skip_nonfinite: bool = False,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
 
@@ -327,6 +497,9 @@ def scale_by_adam(
       of the step count; ``None`` (the default): none.
     mask: where ``weight_decay`` applies: a tree of bools like the parameters
       (or a prefix of it), or a function of the parameters returning one.
+    skip_nonfinite: when any gradient element is NaN or infinite, return a
+      zero update and leave the state unchanged except ``state.skipped``,
+      which counts such steps (see :func:`adam`).
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -379,5 +552,6 @@ def scale_by_adam(
     eps_hat=eps_hat,
     weight_decay=weight_decay,
     weight_decay_mask=mask,
+    skip_nonfinite=skip_nonfinite,
   )
   return adam_family(cfg)

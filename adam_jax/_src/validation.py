@@ -1,18 +1,29 @@
-"""Hyperparameter checks and their error messages.
+"""Checks of every argument and input, and their error messages.
 
-Every check runs at construction time on *concrete* values only. Traced values
-(under ``jax.jit`` or ``optax.inject_hyperparams`` inside a jitted step) and
-schedules (callables) pass untouched: their values are not known yet.
+Hyperparameter checks run at construction time on *concrete* values only.
+Traced values (under ``jax.jit`` or ``optax.inject_hyperparams`` inside a
+jitted step) and schedules (callables) pass untouched: their values are not
+known yet. Tree checks run when ``update`` is traced (Python structure, static
+shapes and dtypes), so they cost nothing inside a compiled step.
+
+Every message has the form ``<name> must be <what is allowed>, got
+<name>=<value>``, or names the first path where two trees differ.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+DECAY = "a number in [0, 1)"
+NON_NEGATIVE = "a finite number >= 0"
+SCHEDULE = "a finite number >= 0 or a schedule (a function of the step count)"
+BOOL = "a bool (True or False)"
 
 
 def _describe(value: Any) -> str:
@@ -21,41 +32,46 @@ def _describe(value: Any) -> str:
   return repr(value)
 
 
-def _concrete_scalar(name: str, value: Any) -> float | None:
+def _fail(error: type[Exception], name: str, value: Any, allowed: str, why=""):
+  raise error(f"{name} must be {allowed}, got {name}={_describe(value)}{why}.")
+
+
+def _concrete_scalar(name: str, value: Any, allowed: str) -> float | None:
   """Returns ``value`` as a Python float, or None when it is traced.
 
   Raises:
-    TypeError: when ``value`` is not a real number (bools, strings, complex
-      numbers, non-scalar arrays and integer-less objects included).
+    TypeError: when ``value`` is not a real number (bools, strings, None,
+      complex numbers and non-scalar arrays included).
   """
   if isinstance(value, jax.core.Tracer):
     return None
   if isinstance(value, (bool, np.bool_)):
-    raise TypeError(
-      f"{name} must be a real number, got the bool {value!r}; pass a float"
-      " such as 0.9 (bools are not accepted where a number is expected)."
-    )
+    _fail(TypeError, name, value, allowed, " (a bool is not a number here)")
   if isinstance(value, (int, float, np.integer, np.floating)):
-    return float(value)
+    try:
+      return float(value)
+    except OverflowError:  # a Python int beyond float range
+      return math.inf
   if isinstance(value, (jax.Array, np.ndarray)):
     if value.shape != ():
-      raise TypeError(f"{name} must be a scalar, got an array of shape {value.shape}.")
-    if not (
-      jnp.issubdtype(value.dtype, jnp.floating)
-      or jnp.issubdtype(value.dtype, jnp.integer)
-    ) or jnp.issubdtype(value.dtype, jnp.bool_):
-      raise TypeError(
-        f"{name} must be a real number, got an array of dtype {value.dtype}."
+      _fail(
+        TypeError,
+        name,
+        value,
+        allowed,
+        f" (an array of shape {value.shape}, not a scalar)",
       )
+    real = jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(
+      value.dtype, jnp.integer
+    )
+    if not real:
+      _fail(TypeError, name, value, allowed, f" (an array of dtype {value.dtype})")
     try:
       return float(value)
     except jax.errors.ConcretizationTypeError:
       return None
-  raise TypeError(
-    f"{name} must be a real number (Python float, NumPy or JAX scalar)"
-    f" or a traced JAX value, got {_describe(value)} of type"
-    f" {type(value).__name__}."
-  )
+  _fail(TypeError, name, value, allowed, f" (of type {type(value).__name__})")
+  return None  # unreachable
 
 
 def _low_precision_array(value: Any) -> bool:
@@ -67,7 +83,7 @@ def _low_precision_array(value: Any) -> bool:
 
 
 def check_decay(name: str, value: Any) -> None:
-  """Checks a moment decay rate: ``0 <= value < 1``.
+  """Checks a decay rate (``b1``, ``b2``, ``average_decay``): ``0 <= value < 1``.
 
   A float array narrower than float64 may also equal exactly 1: it is the
   rounded image of a value just below 1 (``optax.inject_hyperparams`` casts
@@ -75,35 +91,86 @@ def check_decay(name: str, value: Any) -> None:
   ``bfloat16(1.0)``, optax #1414). The transformation treats it as the limit
   ``beta -> 1``.
   """
-  x = _concrete_scalar(name, value)
+  x = _concrete_scalar(name, value, DECAY)
   if x is None:
     return
   upper_ok = x < 1.0 or (x == 1.0 and _low_precision_array(value))
   if not (math.isfinite(x) and x >= 0.0 and upper_ok):
-    raise ValueError(f"{name} must lie in [0, 1), got {name}={_describe(value)}.")
+    _fail(ValueError, name, value, DECAY)
 
 
-def check_non_negative(name: str, value: Any) -> None:
+def check_non_negative(name: str, value: Any, allowed: str = NON_NEGATIVE) -> None:
   """Checks a finite, non-negative scalar (``eps``, ``eps_root``, ...)."""
-  x = _concrete_scalar(name, value)
+  x = _concrete_scalar(name, value, allowed)
   if x is None:
     return
   if not (math.isfinite(x) and x >= 0.0):
-    raise ValueError(
-      f"{name} must be a finite number >= 0, got {name}={_describe(value)}."
-    )
+    _fail(ValueError, name, value, allowed)
 
 
 def check_scalar_or_schedule(name: str, value: Any) -> None:
-  """Checks a learning rate or weight decay: a schedule, or a finite >= 0."""
+  """Checks a learning rate or weight decay: a schedule, or a finite >= 0.
+
+  A schedule must accept one positional argument, the step count.
+  """
   if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
+    try:
+      signature = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins have none; trust them
+      return
+    try:
+      signature.bind(0)
+    except TypeError:
+      _fail(
+        TypeError,
+        name,
+        value,
+        SCHEDULE,
+        f" (a callable with signature {signature}, which cannot take the step"
+        " count as its one argument)",
+      )
     return
-  check_non_negative(name, value)
+  check_non_negative(name, value, SCHEDULE)
 
 
 def check_bool(name: str, value: Any) -> None:
   if not isinstance(value, (bool, np.bool_)):
-    raise TypeError(f"{name} must be a bool (True or False), got {_describe(value)}.")
+    _fail(TypeError, name, value, BOOL)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if not (isinstance(value, str) and value in choices):
+    _fail(ValueError, name, value, f"one of {choices}")
+
+
+def check_mask(name: str, mask: Any) -> None:
+  """Checks a weight-decay mask at construction: None, a function of the
+  parameters, or a tree of Python bools (its structure is checked against the
+  parameters in ``update``)."""
+  if mask is None or callable(mask):
+    return
+  _check_mask_flags(name, mask)
+
+
+def _check_mask_flags(name: str, tree: Any) -> None:
+  for path, flag in _paths(tree)[0]:
+    if flag is not None and not isinstance(flag, (bool, np.bool_)):
+      raise TypeError(
+        f"{name}{path} must be a Python bool (True: decay this subtree), got"
+        f" {name}{path}={_describe(flag)}; a mask is a tree of bools like the"
+        " parameters (or a prefix of it), or a function of the parameters"
+        " returning one, as in optax.masked."
+      )
+
+
+def check_unused(name: str, value: Any, default: str | None, needs: str) -> None:
+  """Rejects an option set away from its default where it has no effect."""
+  unused = value is None if default is None else value == default
+  if not unused:
+    raise ValueError(
+      f"{name}={_describe(value)} has no effect without {needs}: set {needs},"
+      f" or leave {name} at its default ({default!r})."
+    )
 
 
 def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
@@ -119,24 +186,32 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
   if allow_complex:
     allowed += " (or a complex dtype for complex parameters)"
   if isinstance(value, str) and value == "int8":
-    raise ValueError(
-      f"{name}='int8' (block-wise 8-bit storage) is not available yet;"
-      f" allowed: {allowed}."
+    _fail(
+      ValueError,
+      name,
+      value,
+      allowed,
+      " (block-wise 8-bit storage is not available yet)",
     )
   try:
     dtype = jnp.dtype(value)
   except TypeError:
-    raise TypeError(f"{name} must be {allowed}, got {value!r}.") from None
+    _fail(TypeError, name, value, allowed, " (not a dtype)")
   ok = jnp.issubdtype(dtype, jnp.floating) or (
     allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)
   )
   if not ok:
-    raise TypeError(f"{name} must be {allowed}, got {value!r} ({dtype}).")
+    _fail(TypeError, name, value, allowed, f" (dtype {dtype})")
   return jax.dtypes.canonicalize_dtype(dtype)
 
 
 def is_none(x: Any) -> bool:
   return x is None
+
+
+def leaf_paths(tree: Any) -> list[tuple[str, Any]]:
+  """``(path, leaf)`` pairs of a tree, None leaves included."""
+  return _paths(tree)[0]
 
 
 def _paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
@@ -145,28 +220,35 @@ def _paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
 
 
 def check_param_dtypes(name: str, tree: Any) -> None:
-  """Rejects integer, boolean and other non-float leaves, naming the path."""
+  """Rejects leaves that are not floating-point (or complex) arrays or numbers:
+  integer, boolean, string and object leaves, naming the path."""
   for path, x in _paths(tree)[0]:
     if x is None:
       continue
+    where = f"{name}{path or ' (the root)'}"
     dtype = getattr(x, "dtype", None)
-    if dtype is None:
-      x = jnp.asarray(x)
-      dtype = x.dtype
+    if dtype is None and isinstance(x, (int, float, complex, np.generic)):
+      dtype = jnp.asarray(x).dtype
+    if dtype is None or not isinstance(dtype, np.dtype):
+      raise TypeError(
+        f"{where} must be an array (or a number) of a floating-point dtype,"
+        f" got {where}={_describe(x)} of type {type(x).__name__}."
+      )
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
-        f"{name}{path or ' (the root)'} has dtype {dtype}; Adam needs"
-        " floating-point (or complex) parameters and gradients. Keep"
-        " integer/boolean leaves out of the optimized tree (e.g. with"
-        " optax.masked or optax.partition), or cast them to a float dtype."
+        f"{where} has dtype {dtype}; Adam needs floating-point (or complex)"
+        " parameters and gradients. Keep integer/boolean leaves out of the"
+        " optimized tree (e.g. with optax.masked or optax.partition), or cast"
+        " them to a float dtype."
       )
 
 
 def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
-  """Checks that ``tree`` (e.g. the gradients) matches the optimizer state.
+  """Checks that ``tree`` (e.g. the gradients) matches the optimizer state:
+  the same containers and keys, None at the same places, the same shapes, and
+  real where the state is real (complex where it is complex).
 
-  Runs at trace time only (Python structure and static shapes), so it costs
-  nothing inside a compiled step. The error names the first differing path.
+  The error names the first differing path.
   """
   a, adef = _paths(tree)
   b, bdef = _paths(state_tree)
@@ -180,7 +262,7 @@ def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
           " parameters?"
         )
       if (xa is None) != (xb is None):
-        break
+        _none_mismatch(name, pa, xa, state_name, xb)
     if len(a) != len(b):
       lname, longer = (name, a) if len(a) > len(b) else (state_name, b)
       path = longer[min(len(a), len(b))][0]
@@ -190,13 +272,16 @@ def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
         f" leaves in {name}, {len(b)} in {state_name}). Was the state"
         " initialized with other parameters?"
       )
+    path, mine, theirs = first_difference(adef, bdef)
     raise ValueError(
       f"{name} does not match the optimizer state ({state_name}): same leaf"
-      f" paths but different containers or None leaves:\n  {name}: {adef}\n"
-      f"  {state_name}: {bdef}"
+      f" paths but different containers: {name}{path} is {mine} where"
+      f" {state_name}{path} is {theirs}."
     )
   for (path, x), (_, y) in zip(a, b, strict=False):
-    if x is None:
+    if x is None or y is None:
+      if (x is None) != (y is None):
+        _none_mismatch(name, path, x, state_name, y)
       continue
     shape_x, shape_y = jnp.shape(x), jnp.shape(y)
     if shape_x != shape_y:
@@ -204,6 +289,91 @@ def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
         f"{name}{path} has shape {shape_x} but the optimizer state"
         f" {state_name}{path} has shape {shape_y}."
       )
+    if jnp.iscomplexobj(x) != jnp.iscomplexobj(y):
+      raise TypeError(
+        f"{name}{path} has dtype {jnp.result_type(x)} but the optimizer state"
+        f" {state_name}{path} has dtype {jnp.result_type(y)}: real and complex"
+        " leaves cannot be mixed (was the state initialized with other"
+        " parameters?)."
+      )
+
+
+def _none_mismatch(name: str, path: str, x: Any, state_name: str, y: Any):
+  raise ValueError(
+    f"{name}{path} is {_kind(x)} but the optimizer state has {_kind(y)} at"
+    f" {state_name}{path}: None leaves must sit at the same places as in the"
+    " parameters the state was initialized with."
+  )
+
+
+def _kind(x: Any) -> str:
+  return "None" if x is None else f"an array of shape {jnp.shape(x)}"
+
+
+def _node_name(treedef: Any) -> str:
+  data = treedef.node_data()
+  if data is None:
+    return "an array"
+  kind, aux = data
+  if kind is type(None):
+    return "None"
+  if kind is dict:
+    return f"a dict with keys {list(aux)}"
+  if kind in (tuple, list):
+    return f"a {kind.__name__} of {len(treedef.children())} entries"
+  return f"a {kind.__name__}"
+
+
+def _child_keys(treedef: Any) -> list[str]:
+  kind, aux = treedef.node_data()
+  if kind is dict:
+    return [f"[{k!r}]" for k in aux]
+  fields = getattr(kind, "_fields", None)
+  if fields is not None:
+    return [f".{f}" for f in fields]
+  return [f"[{i}]" for i in range(len(treedef.children()))]
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, str, str]:
+  """The first node where two tree structures differ, as ``(path, a's node,
+  b's node)``; node descriptions such as "None", "an array" or "a dict with
+  keys ['w']"."""
+  data_a, data_b = a.node_data(), b.node_data()
+  same_node = (data_a is None and data_b is None) or (
+    data_a is not None
+    and data_b is not None
+    and data_a[0] is data_b[0]
+    and data_a[1] == data_b[1]
+    and len(a.children()) == len(b.children())
+  )
+  if not same_node:
+    return path, _node_name(a), _node_name(b)
+  if data_a is not None:
+    for key, ca, cb in zip(_child_keys(a), a.children(), b.children(), strict=True):
+      if ca != cb:
+        return first_difference(ca, cb, path + key)
+  return path, _node_name(a), _node_name(b)  # equal trees: not reached by callers
+
+
+def check_state(state: Any, expected: Any) -> None:
+  """Checks that ``state`` has the structure this optimizer's ``init`` gives.
+
+  ``expected`` is ``init`` evaluated abstractly on the gradients. A state from
+  another optimizer, or from this one built with other options (``amsgrad``,
+  a schedule instead of a constant, ``average_decay``, ``skip_nonfinite``,
+  a mask...), differs somewhere; the error names the first place.
+  """
+  got: Any = jax.tree.structure(state)
+  want: Any = jax.tree.structure(expected)
+  if got == want:
+    return
+  path, mine, theirs = first_difference(got, want)
+  raise ValueError(
+    f"state does not come from this optimizer's init: state{path} is {mine}"
+    f" where this optimizer keeps {theirs}. Was the state created by another"
+    " optimizer or with other options (amsgrad, a schedule, average_decay,"
+    " skip_nonfinite, mask)? Call init with this optimizer."
+  )
 
 
 def mask_leaves(name: str, mask: Any, params: Any, treedef: Any) -> list[bool]:
@@ -216,13 +386,7 @@ def mask_leaves(name: str, mask: Any, params: Any, treedef: Any) -> list[bool]:
   if mask is None:
     return [True] * treedef.num_leaves
   tree = mask(params) if callable(mask) else mask
-  flags, _ = _paths(tree)
-  for path, flag in flags:
-    if not isinstance(flag, (bool, np.bool_)):
-      raise TypeError(
-        f"{name}{path} must be a Python bool (True: decay this subtree), got"
-        f" {_describe(flag)}; masks are static, as in optax.masked."
-      )
+  _check_mask_flags(name, tree)
   try:
     full = jax.tree.map(
       lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub, is_leaf=is_none),
@@ -231,10 +395,31 @@ def mask_leaves(name: str, mask: Any, params: Any, treedef: Any) -> list[bool]:
       is_leaf=is_none,
     )
     return treedef.flatten_up_to(full)
-  except (ValueError, TypeError) as err:
-    raise ValueError(
-      f"{name} does not match the parameters: it must be a tree of bools with"
-      " the parameters' structure (or a prefix of it), or a function of the"
-      f" parameters returning one. Mask: {jax.tree.structure(tree)}; params:"
-      f" {jax.tree.structure(params)}. ({err})"
-    ) from None
+  except (ValueError, TypeError):
+    pass
+  got, want = jax.tree.structure(tree), jax.tree.structure(params, is_leaf=is_none)
+  path, mine, theirs = _prefix_difference(got, want) or ("", "?", "?")
+  raise ValueError(
+    f"{name} does not match the parameters: {name}{path} is {mine} where"
+    f" params{path} is {theirs}. A mask is a tree of bools with the"
+    " parameters' structure (or a prefix of it), or a function of the"
+    " parameters returning one."
+  )
+
+
+def _prefix_difference(mask: Any, params: Any, path: str = "") -> Any:
+  """Where ``mask`` stops being a prefix of ``params``: ``(path, mask's node,
+  params' node)``, or None if it is a prefix."""
+  if mask.node_data() is None:  # a bool covers any subtree
+    return None
+  if mask.node_data() != params.node_data() or len(mask.children()) != len(
+    params.children()
+  ):
+    return path, _node_name(mask), _node_name(params)
+  for key, cm, cp in zip(
+    _child_keys(mask), mask.children(), params.children(), strict=True
+  ):
+    found = _prefix_difference(cm, cp, path + key)
+    if found is not None:
+      return found
+  return None

@@ -200,3 +200,54 @@ def test_invalid_hyperparameters_raise_where_optax_is_silent(kwargs):
   optax.adam(**{"learning_rate": 1e-3, **kwargs})  # no complaint
   with pytest.raises(ValueError, match=next(iter(kwargs))):
     adam_jax.adam(**kwargs)
+
+
+def _updates(tx, grads):
+  params = jnp.zeros(2)
+  state = tx.init(params)
+  out = []
+  for g in grads:
+    u, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+    out.append(np.asarray(u))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize(
+  "kwargs,grads",
+  [
+    # eps = 0 and a gradient whose square underflows: optax divides by v = 0.
+    ({"eps": 0.0}, [[1e-30, 1.0]]),
+    # Nesterov with huge gradients: two overflowing terms of opposite signs.
+    ({"nesterov": True}, [[-3e38, 1.0], [3e38, 1.0]]),
+    # g^2 overflows: optax's v is inf for good and the parameter never moves again.
+    ({}, [[1e20, 1.0], [1.0, 1.0], [1.0, 1.0]]),
+  ],
+  ids=["eps0-tiny", "nesterov-huge", "v-overflow"],
+)
+def test_finite_gradients_give_finite_nonzero_updates(kwargs, grads):
+  ours = _updates(adam_jax.adam(1e-3, **kwargs), grads)
+  with optax_mode():
+    theirs = _updates(optax.adam(1e-3, **kwargs), grads)
+  assert np.all(np.isfinite(ours)) and np.all(ours[:, 0] != 0)
+  # At most the step bound: 1 at t = 1 for Adam, 1.47 for Nesterov.
+  assert np.all(np.abs(ours) <= 1e-3 * 1.48)
+  assert not np.all(np.isfinite(theirs)) or np.all(theirs[:, 0] == 0)
+
+
+def test_apply_if_finite_lets_consecutive_nonfinite_steps_through():
+  """optax.apply_if_finite applies the update once its error budget is spent;
+  skip_nonfinite never does."""
+  grads = [[1.0, 1.0], [np.nan, 1.0], [np.nan, 1.0], [1.0, 1.0]]
+
+  def final_params(tx):
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    for g in grads:
+      u, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+      params = optax.apply_updates(params, u)
+    return np.asarray(params)
+
+  assert np.all(np.isfinite(final_params(adam_jax.adam(1e-3, skip_nonfinite=True))))
+  with optax_mode():
+    leaked = final_params(optax.apply_if_finite(optax.adam(1e-3), 1))
+  assert not np.all(np.isfinite(leaked))

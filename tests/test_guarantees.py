@@ -19,6 +19,9 @@ from tests._trees import assert_trees_equal
 from tests.conftest import optax_mode
 
 LR = 1e-3
+# The clip leaves float32 rounding above the bound alone, up to 2^-12 relative,
+# and the bound itself is evaluated in float32 (relative error below 2e-5).
+SLACK = 2.0**-12 + 2e-5
 
 
 def weights(t, b1, b2, *, nesterov=False, bias_correction=True, adamax=False):
@@ -80,7 +83,7 @@ def test_the_step_size_bound_is_attained_and_never_exceeded(variant, b1, b2, t, 
   tx = adam_jax.adam(LR, b1, b2, eps=0.0, **options)
   u, _ = _run_updates(tx, grads)
   bounds = np.array([bound(s, b1, b2, **shape) for s in range(1, t + 1)])
-  assert np.all(np.abs(u[:, 0]) <= LR * bounds * (1 + 2e-5))
+  assert np.all(np.abs(u[:, 0]) <= LR * bounds * (1 + SLACK))
   if variant not in ("amsgrad",):  # AMSGrad's max can only shrink the step
     assert abs(u[-1, 0]) >= LR * bounds[-1] * (1 - 1e-4), (u[-1, 0] / LR, bounds[-1])
 
@@ -107,7 +110,7 @@ def test_random_spiky_sequences_stay_within_the_bound(variant, b1, b2, seed, log
   u, state = _run_updates(tx, grads)
   bounds = np.array([bound(s, b1, b2, **shape) for s in range(1, t + 1)])
   assert np.all(np.isfinite(u))
-  assert np.all(np.abs(u) <= LR * bounds[:, None] * (1 + 2e-5))
+  assert np.all(np.abs(u) <= LR * bounds[:, None] * (1 + SLACK))
   assert bool(jnp.all(state[0].nu >= 0))
 
 
@@ -123,7 +126,7 @@ def test_the_papers_informal_bound_can_be_exceeded():
   paper = (1 - b1) / np.sqrt(1 - b2)
   step = abs(u[-1, 0]) / LR
   assert step > 1.8 * paper, (step, paper)  # 5.78 vs 3.16
-  assert step <= bound(t, b1, b2) * (1 + 2e-5)
+  assert step <= bound(t, b1, b2) * (1 + SLACK)
   assert abs(bound(20000, b1, b2) - 7.27) < 0.01
 
 
@@ -191,7 +194,7 @@ def test_updates_finite_and_v_non_negative_at_any_magnitude(
   bounds = np.array([bound(s, 0.9, 0.999, **shape) for s in range(1, 13)])
   # The update is rounded to the gradient's dtype twice (Adam step, learning rate).
   rounding = 2 * float(jnp.finfo(dtype).eps)
-  assert np.all(np.abs(u) <= LR * bounds[:, None] * (1 + 2e-5 + rounding))
+  assert np.all(np.abs(u) <= LR * bounds[:, None] * (1 + SLACK + rounding))
   for moment in (state[0].nu, state[0].nu_max):
     if moment is not None:
       assert bool(jnp.all(moment >= 0)) and bool(jnp.all(jnp.isfinite(moment)))

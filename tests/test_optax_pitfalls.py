@@ -135,7 +135,7 @@ def _storage_rounded_adam(grads, dtype, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
     k = np.arange(t)
     w = (1 - b1) * b1**k / (1 - b1**t)
     c = (1 - b2) * b2**k / (1 - b2**t)
-    bound = np.sqrt(np.sum(w * w / c))
+    bound = np.sqrt(np.sum(w * w / c)) * (1 + 2.0**-12)  # its rounding allowance
     ratio = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
     u = -lr * np.clip(ratio, -bound, bound)
     out.append(rnd(u))

@@ -89,16 +89,17 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
   without ``skip_nonfinite``).
 
   For finite real gradients the update is finite and ``|u| <= bound`` (up to
-  ``BOUND_SLACK`` of rounding) at any magnitude: ``v_t`` saturates at its dtype's largest value instead of
-  overflowing (and both moments when stored in a narrower dtype), and the
-  ratio ``m_hat / denominator`` (which can only leave the bound through
+  ``BOUND_SLACK`` of rounding) at any magnitude: a ``v_t`` that overflowed
+  is read back as its dtype's largest value (so it decays again), a narrower
+  storage dtype saturates, and the ratio ``m_hat / denominator`` (which can only leave the bound through
   overflow or underflow, e.g. ``v_t`` flushed to 0 with ``eps = 0``) is
   clipped to it. Inside the representable range nothing changes, bit for bit.
   (``m_t`` itself is not clamped in the compute dtype: it can overflow only
   within an ulp of the largest float, and an extra clamp there changes how
   XLA fuses, hence rounds, the common case.) A NaN or infinite gradient
-  element gives a NaN update there (as in optax), never a plausible-looking
-  finite one. Complex parameters keep the plain formula.
+  element gives a NaN update there (as in optax: it makes ``v_t`` NaN, so the
+  clip keeps it NaN), never a plausible-looking finite one. Complex parameters
+  keep the plain formula.
   """
   cdt = moments.compute_dtype(g.dtype)
   rdt = moments.real_dtype(cdt)
@@ -122,8 +123,16 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
     v_new = jnp.maximum(jnp.abs(gc) + eps, b2 * v.astype(rdt))
   else:
     keep2, rate2, bc2 = moments.ema_coefficients(b2, tc)
-    v_new = rate2 * moments.abs_sq(gc) + keep2 * v.astype(rdt)
-  v_new = moments.saturate(v_new)  # a finite gradient must not freeze v at inf
+    # v_t may overflow to inf for one step (g^2 beyond the dtype); reading it
+    # back saturated lets it decay again instead of freezing the parameter.
+    v_prev = jnp.minimum(v.astype(rdt), float(jnp.finfo(rdt).max))
+    v_new = rate2 * moments.abs_sq(gc) + keep2 * v_prev
+    if real:
+      # An infinite gradient makes v_t NaN (not inf, which a huge finite one
+      # also gives), so that the clipped ratio below stays NaN for it: the
+      # update of a non-finite gradient is NaN, never a plausible finite step.
+      # (gc - gc is 0 for finite gc; computed where g is read anyway.)
+      v_new = v_new + (gc - gc) * 0
 
   if cfg.nesterov:
     keep1n, _, bc1n = moments.ema_coefficients(b1, tc_next)
@@ -134,7 +143,8 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
     else:
       ahead, now = keep1nc * m_new, rate1c * gc
     # Two terms that may each overflow with opposite signs (inf - inf = NaN).
-    m_hat = ahead + now
+    # Each term may overflow, with opposite signs (inf - inf = NaN).
+    m_hat = moments.saturate(ahead) + moments.saturate(now) if real else ahead + now
   elif cfg.bias_correction_mu:
     m_hat = m_new / _as_compute(bc1, cdt)
   else:
@@ -146,7 +156,8 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
   else:
     v_used = v_new
     if cfg.amsgrad == "raw":
-      v_max_new = v_used = jnp.maximum(v_max.astype(rdt), v_new)
+      v_max_prev = jnp.minimum(v_max.astype(rdt), float(jnp.finfo(rdt).max))
+      v_max_new = v_used = jnp.maximum(v_max_prev, v_new)
     if cfg.eps_hat:
       # m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t)): eps meets the raw moment.
       denom = jnp.sqrt(v_used + eps_root) + eps
@@ -164,7 +175,7 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
     # element sits exactly on it (|m_hat| = sqrt(v_hat)), and the rounding
     # there must stay optax's, bit for bit.
     bound = step["bound"](rdt) * (1 + BOUND_SLACK)
-    u = jnp.where(jnp.isfinite(gc), jnp.clip(u, -bound, bound), jnp.nan)
+    u = jnp.clip(u, -bound, bound)  # NaN stays NaN
   out = (
     u.astype(g.dtype),
     moments.store(m_new, m.dtype),

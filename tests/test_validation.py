@@ -516,6 +516,15 @@ UPDATE_ROWS = [
     ["params['enc']['b']", "int32"],
   ),
   (
+    "coupled-int-params",
+    adam_jax.adam(weight_decay=0.1),
+    PARAMS,
+    None,
+    _like(**{"head.0": jnp.ones(2, jnp.int32)}),
+    TypeError,
+    ["params['head'][0]", "int32"],
+  ),
+  (
     "average-bool-params",
     adam_jax.adam(average_decay=0.9),
     PARAMS,

@@ -74,13 +74,13 @@ def _add_decayed_weights(
   """``updates + sign * weight_decay * params`` (decoupled weight decay)."""
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-        "weight_decay (decoupled, as in adamw) needs the parameters: call"
-        " update(grads, state, params), or pass weight_decay=0.0."
-      )
-    validation.check_param_dtypes("params", params)
-    validation.check_tree_matches("params", params, "updates", updates)
+    validation.check_params(
+      params,
+      "weight_decay (decoupled, as in adamw)",
+      "weight_decay=0.0",
+      "updates",
+      updates,
+    )
     s, state = _current_value(weight_decay, state)
     if isinstance(s, (int, float)) and s == 0:
       return updates, state
@@ -143,10 +143,9 @@ def _chain(
 
   def update_fn(updates, state, params=None, **extra_args):
     validation.check_param_dtypes("updates", updates)
-    if isinstance(state, tuple) and state:
-      if isinstance(state[0], transform.ScaleByAdamState):
-        mu = state[0].mu
-        validation.check_tree_matches("updates", updates, "state[0].mu", mu)
+    adam_state = state[0] if isinstance(state, tuple) and state else None
+    if isinstance(adam_state, transform.ScaleByAdamState):  # name gradient paths
+      validation.check_tree_matches("updates", updates, "state[0].mu", adam_state.mu)
     validation.check_state(state, jax.eval_shape(chain.init, updates))
     new_updates, new_state = chain.update(updates, state, params, **extra_args)
     if not skip_nonfinite:

@@ -68,13 +68,9 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
     )
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-        "average_decay needs the parameters to average: call"
-        " update(grads, state, params), or pass average_decay=None."
-      )
-    validation.check_param_dtypes("params", params)
-    validation.check_tree_matches("params", params, "state.average", state.average)
+    validation.check_params(
+      params, "average_decay", "average_decay=None", "state.average", state.average
+    )
     count = optax.safe_increment(state.count)
 
     def leaf(u, p, a):

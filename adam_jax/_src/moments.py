@@ -94,12 +94,20 @@ def saturate(x: jax.Array) -> jax.Array:
   return jnp.clip(x, -big, big)
 
 
+def read_back(x: jax.Array, dtype: Any) -> jax.Array:
+  """A stored non-negative moment widened to ``dtype``, an inf (left by a
+  square that overflowed) read as the largest finite value, so that the
+  moment decays again instead of staying infinite. NaN stays NaN."""
+  return jnp.minimum(x.astype(dtype), float(jnp.finfo(dtype).max))
+
+
 def store(x: jax.Array, dtype: Any) -> jax.Array:
-  """``x`` rounded to a storage dtype, saturating at its largest finite value
-  (a float16 ``nu`` holds at most 65504, not inf). NaN stays NaN."""
+  """``x`` rounded to a storage dtype. A dtype narrower than ``x``'s saturates
+  at its largest finite value (a float16 ``nu`` holds at most 65504, not inf);
+  into the same or a wider dtype ``x`` is only cast. NaN stays NaN."""
   big = float(jnp.finfo(dtype).max)
   if big >= jnp.finfo(x.dtype).max:
-    return x.astype(dtype)  # only overflow of the arithmetic itself: saturate()
+    return x.astype(dtype)
   if jnp.iscomplexobj(x):
     parts = jnp.clip(x.real, -big, big), jnp.clip(x.imag, -big, big)
     return jax.lax.complex(*parts).astype(dtype)

@@ -91,9 +91,9 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
   For finite real gradients the update is finite and ``|u| <= bound`` (up to
   ``BOUND_SLACK`` of rounding) at any magnitude: a ``v_t`` that overflowed
   is read back as its dtype's largest value (so it decays again), a narrower
-  storage dtype saturates, and the ratio ``m_hat / denominator`` (which can only leave the bound through
-  overflow or underflow, e.g. ``v_t`` flushed to 0 with ``eps = 0``) is
-  clipped to it. Inside the representable range nothing changes, bit for bit.
+  storage dtype saturates, and the ratio ``m_hat / denominator`` (which can
+  only leave the bound through overflow or underflow, e.g. ``v_t`` flushed to
+  0 with ``eps = 0``) is clipped to it. Inside the representable range nothing changes, bit for bit.
   (``m_t`` itself is not clamped in the compute dtype: it can overflow only
   within an ulp of the largest float, and an extra clamp there changes how
   XLA fuses, hence rounds, the common case.) A NaN or infinite gradient
@@ -125,8 +125,7 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
     keep2, rate2, bc2 = moments.ema_coefficients(b2, tc)
     # v_t may overflow to inf for one step (g^2 beyond the dtype); reading it
     # back saturated lets it decay again instead of freezing the parameter.
-    v_prev = jnp.minimum(v.astype(rdt), float(jnp.finfo(rdt).max))
-    v_new = rate2 * moments.abs_sq(gc) + keep2 * v_prev
+    v_new = rate2 * moments.abs_sq(gc) + keep2 * moments.read_back(v, rdt)
     if real:
       # An infinite gradient makes v_t NaN (not inf, which a huge finite one
       # also gives), so that the clipped ratio below stays NaN for it: the
@@ -142,7 +141,6 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
       now = rate1c * (gc / _as_compute(bc1, cdt))
     else:
       ahead, now = keep1nc * m_new, rate1c * gc
-    # Two terms that may each overflow with opposite signs (inf - inf = NaN).
     # Each term may overflow, with opposite signs (inf - inf = NaN).
     m_hat = moments.saturate(ahead) + moments.saturate(now) if real else ahead + now
   elif cfg.bias_correction_mu:
@@ -156,8 +154,7 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
   else:
     v_used = v_new
     if cfg.amsgrad == "raw":
-      v_max_prev = jnp.minimum(v_max.astype(rdt), float(jnp.finfo(rdt).max))
-      v_max_new = v_used = jnp.maximum(v_max_prev, v_new)
+      v_max_new = v_used = jnp.maximum(moments.read_back(v_max, rdt), v_new)
     if cfg.eps_hat:
       # m_hat / ((sqrt(v) + eps) / sqrt(1 - b2^t)): eps meets the raw moment.
       denom = jnp.sqrt(v_used + eps_root) + eps
@@ -395,12 +392,9 @@ def _has_weight_decay(cfg: _Config) -> bool:
 
 def _coupled_decay(cfg: _Config, count, params, state_mu, treedef):
   """Per-leaf parameters and coupled decay rates (None where masked out)."""
-  if params is None:
-    raise ValueError(
-      "weight_decay (coupled L2) needs the parameters: call"
-      " update(grads, state, params), or pass weight_decay=None."
-    )
-  validation.check_tree_matches("params", params, "state.mu", state_mu)
+  validation.check_params(
+    params, "weight_decay (coupled L2)", "weight_decay=None", "state.mu", state_mu
+  )
   wd = cfg.weight_decay(count) if callable(cfg.weight_decay) else cfg.weight_decay
   flags = validation.mask_leaves("mask", cfg.weight_decay_mask, params, treedef)
   p_leaves = treedef.flatten_up_to(params)

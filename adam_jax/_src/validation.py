@@ -243,6 +243,18 @@ def check_param_dtypes(name: str, tree: Any) -> None:
       )
 
 
+def check_params(params: Any, option: str, off: str, like_name: str, like: Any):
+  """Checks the ``params`` a step needs: given, of a float dtype, and shaped like
+  ``like`` (the gradients or a state tree named ``like_name``)."""
+  if params is None:
+    raise ValueError(
+      f"{option} needs the parameters: call update(grads, state, params), or"
+      f" pass {off}."
+    )
+  check_param_dtypes("params", params)
+  check_tree_matches("params", params, like_name, like)
+
+
 def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
   """Checks that ``tree`` (e.g. the gradients) matches the optimizer state:
   the same containers and keys, None at the same places, the same shapes, and

@@ -14,12 +14,14 @@ from adam_jax._src.alias import nadam as nadam
 from adam_jax._src.alias import nadamw as nadamw
 from adam_jax._src.averaging import ParamAverageState as ParamAverageState
 from adam_jax._src.averaging import averaged_params as averaged_params
+from adam_jax._src.fused import PackedMoments as PackedMoments
 from adam_jax._src.transform import ScaleByAdamState as ScaleByAdamState
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "PackedMoments",
   "ParamAverageState",
   "ScaleByAdamState",
   "adam",

@@ -69,6 +69,7 @@ for _switch in (
   "eps_hat",
   "decouple_lr",
   "skip_nonfinite",
+  "pack_small_leaves",
 ):
   KINDS[_switch] = SWITCH
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax._src import averaging
+from adam_jax._src import fused
 from adam_jax._src import moments
 from adam_jax._src import transform
 from adam_jax._src import validation
@@ -145,8 +146,14 @@ def _chain(
     validation.check_param_dtypes("updates", updates)
     adam_state = state[0] if isinstance(state, tuple) and state else None
     if isinstance(adam_state, transform.ScaleByAdamState):  # name gradient paths
-      validation.check_tree_matches("updates", updates, "state[0].mu", adam_state.mu)
-    validation.check_state(state, jax.eval_shape(chain.init, updates))
+      validation.check_tree_matches(
+        "updates", updates, "state[0].mu", fused.view(adam_state.mu)
+      )
+    expected = jax.eval_shape(chain.init, updates)
+    if jax.tree.structure(state) != jax.tree.structure(expected):
+      # Compared as trees: how the moments are packed is not part of the
+      # contract (a state stored either way steps the same).
+      validation.check_state(fused.logical(state), fused.logical(expected))
     new_updates, new_state = chain.update(updates, state, params, **extra_args)
     if not skip_nonfinite:
       return new_updates, new_state
@@ -181,6 +188,7 @@ def adam(
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
 
@@ -241,6 +249,12 @@ def adam(
       every storage dtype. Unlike ``optax.apply_if_finite`` there is no extra
       state wrapper and no error budget after which a non-finite step goes
       through. Without it, such an element gets a NaN update, as in optax.
+    pack_small_leaves: store the moments of small leaves (fewer than 2**16
+      elements, when the tree has at least 16 of them) packed in flat chunks
+      and update each chunk in one pass: the same numbers, with a much faster
+      step and compile on trees of many leaves (README, "Performance").
+      ``state[0].mu`` is then a :class:`PackedMoments` (``.unpack()`` gives
+      the tree). False keeps one array per leaf, as optax does.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -298,6 +312,7 @@ def adam(
       weight_decay=weight_decay,
       mask=mask,
       skip_nonfinite=skip_nonfinite,
+      pack_small_leaves=pack_small_leaves,
     ),
     _scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
@@ -326,6 +341,7 @@ def adamw(
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
 
@@ -373,6 +389,7 @@ def adamw(
     average_decay: keep a parameter average in the state (see :func:`adam`).
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
+    pack_small_leaves: pack small leaves' moments (see :func:`adam`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
@@ -415,6 +432,7 @@ def adamw(
     bias_correction=bias_correction,
     eps_hat=eps_hat,
     skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
   )
   lr = _scale_by_learning_rate(learning_rate)
   if decouple_lr:
@@ -440,6 +458,7 @@ def nadam(
   nesterov: bool = True,
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
 
@@ -473,6 +492,7 @@ def nadam(
     nesterov=nesterov,
     nu_dtype=nu_dtype,
     skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
   )
 
 
@@ -489,6 +509,7 @@ def nadamw(
   nesterov: bool = True,
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
 
@@ -523,6 +544,7 @@ def nadamw(
     nesterov=nesterov,
     nu_dtype=nu_dtype,
     skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
   )
 
 
@@ -537,6 +559,7 @@ def amsgrad(
   bias_correction_nu: bool = True,
   *,
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
 
@@ -567,6 +590,7 @@ def amsgrad(
     bias_correction_nu: bias-correct :math:`v_t` before the maximum (False:
       the AMSGrad paper).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
+    pack_small_leaves: pack small leaves' moments (see :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -594,6 +618,7 @@ def amsgrad(
     bias_correction_mu=bias_correction_mu,
     bias_correction_nu=bias_correction_nu,
     skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
   )
   return _chain(
     transform.adam_family(cfg),
@@ -614,6 +639,7 @@ def adamax(
   average_decay: jax.typing.ArrayLike | None = None,
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
 
@@ -644,6 +670,7 @@ def adamax(
     average_decay: keep a parameter average in the state (see :func:`adam`).
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
+    pack_small_leaves: pack small leaves' moments (see :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -672,6 +699,7 @@ def adamax(
     weight_decay=weight_decay,
     weight_decay_mask=mask,
     skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
   )
   return _chain(
     transform.adam_family(cfg),

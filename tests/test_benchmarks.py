@@ -1,0 +1,168 @@
+"""Tests of ``adam_jax.benchmarks`` and ``python -m adam_jax.benchmarks``."""
+
+import json
+import math
+from pathlib import Path
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adam_jax import benchmarks
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK_LEAVES = {
+  "1x16M": 1,
+  "transformer": 65,
+  "400x4096": 40,
+  "2000x1024": 200,
+  "resnet50": 161,
+}
+TORCHVISION_RESNET50_PARAMS = 25_557_032
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", "adam_jax.benchmarks", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+    check=False,
+  )
+
+
+def _shapes(name: str, quick: bool) -> list[jax.ShapeDtypeStruct]:
+  tree = jax.eval_shape(lambda: benchmarks.build_tree(name, quick=quick))
+  return jax.tree.leaves(tree)
+
+
+def _num_params(leaves) -> int:
+  return sum(math.prod(x.shape) for x in leaves)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  """One ``--quick`` run of every tree: (completed process, JSON record)."""
+  path = tmp_path_factory.mktemp("bench") / "b.json"
+  proc = _run_module("--quick", "--json", str(path))
+  assert proc.returncode == 0, proc.stderr
+  return proc, json.loads(path.read_text())
+
+
+def test_quick_run_prints_the_table(quick_run):
+  proc, result = quick_run
+  names = [name for _, name in benchmarks.TABLE_COLUMNS]
+  header = [line.split() for line in proc.stdout.splitlines()]
+  assert names == next(w for w in header if w[:1] == ["tree"])
+  # The table on stdout is the JSON record's, so the JSON carries all of it.
+  assert benchmarks.format_table(result) in proc.stdout
+  assert "[5/5] resnet50" in proc.stderr  # progress goes to stderr
+
+
+def test_quick_run_records_every_tree(quick_run):
+  _, result = quick_run
+  header = result["header"]
+  assert header["quick"] is True
+  assert header["steps"] == benchmarks.QUICK_STEPS
+  assert header["platform"] == jax.devices()[0].platform
+  assert [t["tree"] for t in result["trees"]] == list(benchmarks.TREES)
+  for t in result["trees"]:
+    name, n = t["tree"], t["n_params"]
+    leaves = _shapes(name, quick=True)
+    assert t["n_leaves"] == len(leaves) == QUICK_LEAVES[name]
+    assert n == _num_params(leaves)
+    results = t["results"]
+    for key in ("optax", "adam_jax", "flat", "tree_floor"):
+      r = results[key]
+      assert len(r["step_s"]) == benchmarks.QUICK_STEPS
+      assert all(math.isfinite(s) and s > 0 for s in r["step_s"]), (name, key)
+      assert math.isfinite(r["step_median_s"]) and r["step_median_s"] > 0
+      assert r["compile_median_s"] > 0
+      assert 0 < r["lower_median_s"] <= r["compile_median_s"]
+      assert r["gb_per_s"] == pytest.approx(28 * n / r["step_median_s"] / 1e9)
+    for key in ("optax", "adam_jax", "tree_floor"):
+      assert math.isfinite(results[key]["ratio_to_optax"])
+    # optax: float32 mu and nu, 8 bytes per parameter, plus the int32 count.
+    assert results["optax"]["state_bytes"] == 8 * n + 4
+    assert results["optax"]["state_bytes_per_param"] == pytest.approx(8.0, abs=0.01)
+    # adam_jax: the same moments and a few scalar counters.
+    assert 8.0 <= results["adam_jax"]["state_bytes_per_param"] <= 8.01
+    assert "adam_jax_per_leaf" not in results  # only with --per-leaf
+
+
+def test_per_leaf_column_when_available(tmp_path):
+  path = tmp_path / "b.json"
+  proc = _run_module(
+    "--quick", "--per-leaf", "--trees", "400x4096", "--steps", "1", "--json", str(path)
+  )
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(path.read_text())
+  (record,) = result["trees"]
+  assert len(record["results"]["optax"]["step_s"]) == 1
+  if benchmarks.has_pack_small_leaves():
+    assert result["header"]["per_leaf"] is True
+    per_leaf = record["results"]["adam_jax_per_leaf"]
+    assert per_leaf["compile_median_s"] > 0
+    assert math.isfinite(per_leaf["ratio_to_optax"])
+    assert "per-leaf" in proc.stdout
+  else:
+    assert result["header"]["per_leaf"] is False
+    assert "adam_jax_per_leaf" not in record["results"]
+    assert "pack_small_leaves" in proc.stderr
+
+
+def test_full_size_trees():
+  by_name = {name: _shapes(name, quick=False) for name in benchmarks.TREES}
+  for leaves in by_name.values():
+    assert {x.dtype for x in leaves} == {np.dtype(np.float32)}
+  assert [x.shape for x in by_name["1x16M"]] == [(2**24,)]
+  assert len(by_name["transformer"]) == 65
+  assert (32000, 512) in [x.shape for x in by_name["transformer"]]
+  assert [x.shape for x in by_name["400x4096"]] == [(4096,)] * 400
+  assert [x.shape for x in by_name["2000x1024"]] == [(1024,)] * 2000
+  resnet = by_name["resnet50"]
+  assert len(resnet) == 161
+  assert _num_params(resnet) == TORCHVISION_RESNET50_PARAMS
+  assert (7, 7, 3, 64) in [x.shape for x in resnet]
+  assert (2048, 1000) in [x.shape for x in resnet]
+
+
+def test_trees_are_deterministic():
+  for name in benchmarks.TREES:
+    a = benchmarks.build_tree(name, quick=True)
+    b = benchmarks.build_tree(name, quick=True)
+    grads = benchmarks.build_tree(name, quick=True, seed=1)
+    assert jax.tree.structure(a) == jax.tree.structure(grads)
+    leaves = zip(*map(jax.tree.leaves, (a, b, grads)), strict=True)
+    for x, y, g in leaves:
+      np.testing.assert_array_equal(x, y)
+      assert not jnp.array_equal(x, g)
+
+
+def test_bad_trees_exit_nonzero_naming_the_allowed_ones():
+  proc = _run_module("--trees", "nope")
+  assert proc.returncode != 0
+  assert "nope" in proc.stderr
+  for name in benchmarks.TREES:
+    assert name in proc.stderr
+  assert proc.stdout == ""
+
+
+def test_bad_steps_exit_nonzero():
+  proc = _run_module("--steps", "0")
+  assert proc.returncode != 0
+  assert "--steps" in proc.stderr
+
+
+def test_run_validates_its_arguments():
+  with pytest.raises(ValueError, match="1x16M, transformer, 400x4096"):
+    benchmarks.run(["1x16M", "nope"])
+  with pytest.raises(ValueError, match="steps"):
+    benchmarks.run(quick=True, steps=0)
+  with pytest.raises(ValueError, match="compile_repeats"):
+    benchmarks.run(quick=True, compile_repeats=0)
+  assert benchmarks.parse_trees("resnet50, 1x16M,resnet50") == ["resnet50", "1x16M"]

@@ -4,7 +4,6 @@ import json
 import math
 from pathlib import Path
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from adam_jax import benchmarks
+from tests._procs import run_python
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_LEAVES = {
@@ -25,14 +25,7 @@ TORCHVISION_RESNET50_PARAMS = 25_557_032
 
 
 def _run_module(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, "-m", "adam_jax.benchmarks", *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-    check=False,
-  )
+  return run_python("-m", "adam_jax.benchmarks", *args, cwd=REPO)
 
 
 def _shapes(name: str, quick: bool) -> list[jax.ShapeDtypeStruct]:

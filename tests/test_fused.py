@@ -8,9 +8,6 @@ leaves, packed and unpacked, under ``jit``; updates and moments must agree to
 FMA differently in a chunk than in a leaf).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -21,6 +18,7 @@ import pytest
 
 import adam_jax
 from adam_jax._src import fused
+from tests._procs import run_python
 from tests.conftest import optax_mode
 
 STEPS = 4
@@ -390,15 +388,6 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_params_on_8_devices_no_gathers():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["JAX_PLATFORMS"] = "cpu"
-  out = subprocess.run(
-    [sys.executable, "-c", SHARDED],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  out = run_python("-c", SHARDED, devices=8)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "OK" in out.stdout

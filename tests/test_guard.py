@@ -7,9 +7,6 @@ sequence with the bad steps removed: equal to float32 rounding (the select
 changes how XLA fuses the step, which may move a multiply-add by an ulp).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,6 +16,7 @@ import optax
 import pytest
 
 import adam_jax
+from tests._procs import run_python
 from tests._trees import assert_trees_equal
 from tests._trees import max_relative_difference
 from tests.conftest import optax_mode
@@ -278,14 +276,6 @@ SHARDED = textwrap.dedent(
 
 
 def test_guard_on_sharded_parameters_without_gathers():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["JAX_PLATFORMS"] = "cpu"
-  result = subprocess.run(
-    [sys.executable, "-c", SHARDED],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = run_python("-c", SHARDED, devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")

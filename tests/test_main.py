@@ -1,27 +1,17 @@
 """Tests of the ``python -m adam_jax`` demo (``adam_jax/__main__.py``)."""
 
 import math
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from adam_jax import __main__ as demo
+from tests._procs import run_python
 
 
 def _run_module(*args: str, cwd=None) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-m", "adam_jax", *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=env,
-    cwd=cwd,
-    check=False,
-  )
+  return run_python("-m", "adam_jax", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

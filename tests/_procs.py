@@ -1,0 +1,27 @@
+"""Running Python in a subprocess: the demo, the benchmarks, and scripts that
+need simulated devices (``XLA_FLAGS`` must be set before jax is imported)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_python(
+  *args: str, devices: int | None = None, cwd=None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+  """``python *args`` on the CPU backend, with ``devices`` simulated CPU
+  devices when given; returns the finished process (output captured)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.run(
+    [sys.executable, *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+    cwd=cwd,
+    check=False,
+  )

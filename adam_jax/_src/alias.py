@@ -250,7 +250,7 @@ def adam(
       state wrapper and no error budget after which a non-finite step goes
       through. Without it, such an element gets a NaN update, as in optax.
     pack_small_leaves: store the moments of small leaves (fewer than 2**16
-      elements, when the tree has at least 16 of them) packed in flat chunks
+      elements, when the tree has at least 64 of them) packed in flat chunks
       and update each chunk in one pass: the same numbers, with a much faster
       step and compile on trees of many leaves (README, "Performance").
       ``state[0].mu`` is then a :class:`PackedMoments` (``.unpack()`` gives

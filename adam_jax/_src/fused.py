@@ -38,9 +38,12 @@ from adam_jax._src import moments
 
 # Leaves with fewer elements than this are packed.
 PACK_BELOW = 2**16
-# Pack only when a tree has at least this many small leaves (below it the
-# per-leaf cost is negligible and the state keeps optax's layout).
-PACK_MIN_LEAVES = 16
+# Pack only when a tree has at least this many small leaves: below it the
+# per-leaf cost is small and packing's own (a concatenation, a few kernels per
+# chunk) is not repaid (measured: a transformer-shaped tree with 32 small
+# leaves compiles in 0.66 s per leaf, 0.87 s packed, at the same step time).
+# The state then keeps optax's layout.
+PACK_MIN_LEAVES = 64
 # At most this many leaves per chunk.
 CHUNK_LEAVES = 32
 
@@ -87,10 +90,10 @@ class PackedMoments:
   Example:
     >>> import jax.numpy as jnp
     >>> import adam_jax
-    >>> params = {f"b{i:02d}": jnp.ones(3) for i in range(20)}
+    >>> params = {f"b{i:02d}": jnp.ones(3) for i in range(70)}
     >>> state = adam_jax.scale_by_adam().init(params)
-    >>> type(state.mu).__name__, len(state.mu.chunks)
-    ('PackedMoments', 1)
+    >>> type(state.mu).__name__, [c.shape for c in state.mu.chunks]
+    ('PackedMoments', [(96,), (96,), (18,)])
     >>> state.mu["b07"].shape
     (3,)
   """

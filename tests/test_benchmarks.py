@@ -87,7 +87,7 @@ def test_quick_run_records_every_tree(quick_run):
     assert "adam_jax_per_leaf" not in results  # only with --per-leaf
 
 
-def test_per_leaf_column_when_available(tmp_path):
+def test_per_leaf_column(tmp_path):
   path = tmp_path / "b.json"
   proc = _run_module(
     "--quick", "--per-leaf", "--trees", "400x4096", "--steps", "1", "--json", str(path)
@@ -96,16 +96,11 @@ def test_per_leaf_column_when_available(tmp_path):
   result = json.loads(path.read_text())
   (record,) = result["trees"]
   assert len(record["results"]["optax"]["step_s"]) == 1
-  if benchmarks.has_pack_small_leaves():
-    assert result["header"]["per_leaf"] is True
-    per_leaf = record["results"]["adam_jax_per_leaf"]
-    assert per_leaf["compile_median_s"] > 0
-    assert math.isfinite(per_leaf["ratio_to_optax"])
-    assert "per-leaf" in proc.stdout
-  else:
-    assert result["header"]["per_leaf"] is False
-    assert "adam_jax_per_leaf" not in record["results"]
-    assert "pack_small_leaves" in proc.stderr
+  assert result["header"]["per_leaf"] is True
+  per_leaf = record["results"]["adam_jax_per_leaf"]
+  assert per_leaf["compile_median_s"] > 0
+  assert math.isfinite(per_leaf["ratio_to_optax"])
+  assert "per-leaf" in proc.stdout
 
 
 def test_full_size_trees():

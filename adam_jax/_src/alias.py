@@ -147,7 +147,7 @@ def _chain(
     adam_state = state[0] if isinstance(state, tuple) and state else None
     if isinstance(adam_state, transform.ScaleByAdamState):  # name gradient paths
       validation.check_tree_matches(
-        "updates", updates, "state[0].mu", fused.view(adam_state.mu)
+        "updates", updates, "state[0].mu", fused.logical(adam_state.mu)
       )
     expected = jax.eval_shape(chain.init, updates)
     if jax.tree.structure(state) != jax.tree.structure(expected):

@@ -32,7 +32,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from adam_jax._src import moments
 
@@ -175,11 +174,6 @@ def logical(tree: Any) -> Any:
   )
 
 
-def view(moment: Any) -> Any:
-  """A moment as the tree it stands for (abstract if packed), for checks."""
-  return moment.abstract() if is_packed(moment) else moment
-
-
 _UNPACKABLE = object()
 
 
@@ -212,37 +206,34 @@ def plan(leaves: list[Any], treedef: Any, group_of) -> tuple[Layout, list[Any]]:
     ``(layout, placements)``: the layout (no chunks when packing does not
     pay) and each chunk's placement (a sharding or None).
   """
+  shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
   small = []
-  for i, x in enumerate(leaves):
-    if x is None or math.prod(jnp.shape(x)) >= PACK_BELOW:
+  for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):
+    size = 0 if shape is None else math.prod(shape)
+    if shape is None or size >= PACK_BELOW:
       continue
     where = _placement(x)
     if where is not _UNPACKABLE:
-      small.append((i, (group_of(x), where)))
+      small.append((i, (group_of(x), where), size))
   slots: list[tuple[int, int] | None] = [None] * len(leaves)
-  shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
   sizes: list[int] = []
   placements: list[Any] = []
   if len(small) >= PACK_MIN_LEAVES:
     open_chunk: dict[Any, tuple[int, int]] = {}  # group -> (chunk, its leaf count)
-    for i, key in small:
+    for i, key, size in small:
       chunk, count = open_chunk.get(key, (-1, CHUNK_LEAVES))
       if count == CHUNK_LEAVES:
         chunk, count = len(sizes), 0
         sizes.append(0)
         placements.append(key[1])
       slots[i] = (chunk, sizes[chunk])
-      sizes[chunk] += math.prod(jnp.shape(leaves[i]))
+      sizes[chunk] += size
       open_chunk[key] = (chunk, count + 1)
   return Layout(treedef, tuple(slots), shapes, tuple(sizes)), placements
 
 
 def zeros(layout: Layout, placements: list[Any], leaves: list[Any], dtype_for) -> Any:
-  """A zero moment in ``layout`` (a plain tree when nothing is packed)."""
-  if not layout.chunk_sizes:
-    return layout.treedef.unflatten(
-      [None if x is None else jnp.zeros_like(x, dtype=dtype_for(x)) for x in leaves]
-    )
+  """A zero moment in ``layout`` (which has chunks)."""
   own = [
     jnp.zeros_like(x, dtype=dtype_for(x))
     for x, slot in zip(leaves, layout.slots, strict=True)
@@ -351,7 +342,7 @@ def _chunk_decay(members, p_leaves, wd_leaves, cdt):
     return None, None
   wd = next(wd for wd in rates if wd is not None)
   parts = [
-    jnp.ravel(jnp.asarray(p_leaves[i])).astype(cdt)
+    _flat(jnp.asarray(p_leaves[i]), cdt)
     if wd_leaves[i] is not None
     else jnp.zeros([math.prod(jnp.shape(p_leaves[i]))], cdt)
     for i, _ in members
@@ -371,13 +362,8 @@ def _chunk_by_leaf(
     u_leaves[i], *new = leaf_step(g_leaves[i], parts, p_leaves[i], wd_leaves[i])
     for column, x in zip(columns, new, strict=True):
       if x is not None:
-        column.append(jnp.ravel(x))
+        column.append(_flat(x, x.dtype))
   return [
     None if m is None else jnp.concatenate(column)
     for m, column in zip(ms, columns, strict=True)
   ]
-
-
-def state_bytes(tree: Any) -> int:
-  """Bytes held by the arrays of a tree (e.g. an optimizer state)."""
-  return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(tree)))

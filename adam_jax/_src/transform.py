@@ -307,7 +307,7 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
       layout, placements = fused.plan(leaves, treedef, storage_group)
 
     def moment(dtype_for):
-      if layout is None or not layout.chunk_sizes:
+      if layout is None or not layout.chunk_sizes:  # optax's: an array per leaf
         return _zeros(params, dtype_for)
       return fused.zeros(layout, placements, leaves, dtype_for)
 
@@ -399,7 +399,7 @@ def check_state(cfg: _Config, updates: Any, state: Any) -> None:
       "state must be the adam_jax.ScaleByAdamState returned by init, got a"
       f" {type(state).__module__}.{type(state).__name__}{hint}."
     )
-  validation.check_tree_matches("updates", updates, "state.mu", fused.view(state.mu))
+  validation.check_tree_matches("updates", updates, "state.mu", fused.logical(state.mu))
   for field, wanted, option in (
     ("nu_max", bool(cfg.amsgrad), "amsgrad"),
     ("skipped", cfg.skip_nonfinite, "skip_nonfinite"),
@@ -444,7 +444,7 @@ def _coupled_decay(cfg: _Config, count, params, state_mu, treedef):
     "weight_decay (coupled L2)",
     "weight_decay=None",
     "state.mu",
-    fused.view(state_mu),
+    fused.logical(state_mu),
   )
   wd = cfg.weight_decay(count) if callable(cfg.weight_decay) else cfg.weight_decay
   flags = validation.mask_leaves("mask", cfg.weight_decay_mask, params, treedef)

@@ -49,8 +49,7 @@ and the benchmark measures:
 * optimizer-state bytes per parameter: the ``nbytes`` of the arrays in the
   state returned by ``init``, over the number of parameters.
 
-If ``adam_jax.adam`` has the ``pack_small_leaves`` option, ``per_leaf=True``
-also times ``adam_jax.adam(1e-3, pack_small_leaves=False)`` (compile time and
+``per_leaf=True`` also times ``adam_jax.adam(1e-3, pack_small_leaves=False)`` (compile time and
 step ratio to optax).
 """
 
@@ -63,7 +62,6 @@ import dataclasses
 import datetime
 import gc
 import importlib.metadata
-import inspect
 import math
 import os
 import platform
@@ -88,7 +86,6 @@ __all__ = [
   "WARMUP_ROUNDS",
   "build_tree",
   "format_table",
-  "has_pack_small_leaves",
   "parse_trees",
   "print_to_stderr",
   "run",
@@ -299,11 +296,6 @@ def build_tree(
   return jax.tree.unflatten(treedef, leaves)
 
 
-def has_pack_small_leaves() -> bool:
-  """Whether ``adam_jax.adam`` takes the ``pack_small_leaves`` keyword."""
-  return "pack_small_leaves" in inspect.signature(adam_jax.adam).parameters
-
-
 def print_to_stderr(message: str) -> None:
   """Prints a progress message to stderr (the default ``log`` of ``run``).
 
@@ -364,10 +356,7 @@ def _optimizers(
     "adam_jax": lambda: adam_jax.adam(LEARNING_RATE),
   }
   if per_leaf:
-    # Only reached when has_pack_small_leaves(); the call goes through Any so
-    # that type checking does not depend on which adam_jax is installed.
-    adam: Any = adam_jax.adam
-    optimizers["adam_jax_per_leaf"] = lambda: adam(
+    optimizers["adam_jax_per_leaf"] = lambda: adam_jax.adam(
       LEARNING_RATE, pack_small_leaves=False
     )
   return optimizers
@@ -548,7 +537,6 @@ def _header(
     "optax": optax.__version__,
     "numpy": np.__version__,
     "adam_jax": adam_jax.__version__,
-    "pack_small_leaves_available": has_pack_small_leaves(),
     "persistent_compilation_cache": bool(
       config.jax_enable_compilation_cache and config.jax_compilation_cache_dir
     ),
@@ -613,8 +601,7 @@ def run(
     steps: timed rounds per tree after ``WARMUP_ROUNDS`` warm-up rounds;
       ``None`` for ``DEFAULT_STEPS`` (``QUICK_STEPS`` if ``quick``).
     compile_repeats: compilations per optimizer; the median is reported.
-    per_leaf: also time ``adam_jax.adam(pack_small_leaves=False)``; ignored
-      (with a message to ``log``) if ``adam_jax.adam`` has no such option.
+    per_leaf: also time ``adam_jax.adam(pack_small_leaves=False)``.
     log: called with each progress message.
 
   Returns:
@@ -642,9 +629,6 @@ def run(
     raise ValueError(
       f"compile_repeats must be an integer >= 1, got {compile_repeats!r}"
     )
-  if per_leaf and not has_pack_small_leaves():
-    log("per-leaf column skipped: adam_jax.adam has no pack_small_leaves option")
-    per_leaf = False
   header = _header(
     quick=quick,
     steps=steps,
@@ -775,8 +759,7 @@ def format_table(result: dict[str, Any]) -> str:
     f"device: {h['platform']} ({h['device_kind']}), {h['device_count']} device(s), "
     f"{h['cpu_count']} CPUs",
     f"python {h['python']}, jax {h['jax']}, jaxlib {h['jaxlib']}, optax {h['optax']}, "
-    f"adam_jax {h['adam_jax']}, pack_small_leaves "
-    f"{'available' if h['pack_small_leaves_available'] else 'not available'}",
+    f"adam_jax {h['adam_jax']}",
     f"{'quick (tiny trees), ' if h['quick'] else ''}{h['warmup_rounds']} warm-up + "
     f"{h['steps']} timed rounds, median of {h['compile_repeats']} compile(s) per "
     f"optimizer, lr {h['learning_rate']}",

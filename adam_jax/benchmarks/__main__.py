@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--per-leaf",
     action="store_true",
-    help="also time adam_jax.adam(pack_small_leaves=False), if adam_jax has it",
+    help="also time adam_jax.adam(pack_small_leaves=False), the unpacked layout",
   )
   return parser
 

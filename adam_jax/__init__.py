@@ -6,6 +6,7 @@ else: same arguments, same state fields, same float32 numbers, minus optax's
 low-precision NaN traps.
 """
 
+from adam_jax._src.alias import KahanState as KahanState
 from adam_jax._src.alias import adam as adam
 from adam_jax._src.alias import adamax as adamax
 from adam_jax._src.alias import adamw as adamw
@@ -15,20 +16,25 @@ from adam_jax._src.alias import nadamw as nadamw
 from adam_jax._src.averaging import ParamAverageState as ParamAverageState
 from adam_jax._src.averaging import averaged_params as averaged_params
 from adam_jax._src.fused import PackedMoments as PackedMoments
+from adam_jax._src.moments import QuantizedMoment as QuantizedMoment
+from adam_jax._src.moments import code_map as code_map
 from adam_jax._src.transform import ScaleByAdamState as ScaleByAdamState
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "KahanState",
   "PackedMoments",
   "ParamAverageState",
+  "QuantizedMoment",
   "ScaleByAdamState",
   "adam",
   "adamax",
   "adamw",
   "amsgrad",
   "averaged_params",
+  "code_map",
   "nadam",
   "nadamw",
   "scale_by_adam",

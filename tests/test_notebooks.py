@@ -47,6 +47,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
   # outside the repository.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+  monkeypatch.setenv("ADAM_JAX_NOTEBOOK_QUICK", "1")
   monkeypatch.setenv(
     "PYTHONPATH",
     os.pathsep.join([str(NOTEBOOK_DIR.parent), os.environ.get("PYTHONPATH", "")]),

@@ -43,6 +43,8 @@ NON_NEGATIVE = "non_negative"
 SWITCH = "bool"
 DTYPE = "dtype"
 MODE = "mode"
+SIZE = "size"
+ROUNDING = "rounding"
 MASK = "mask"
 STATE = "state"
 KINDS = {
@@ -56,6 +58,8 @@ KINDS = {
   "mu_dtype": DTYPE,
   "nu_dtype": DTYPE,
   "average_mode": MODE,
+  "int8_min_size": SIZE,
+  "param_rounding": ROUNDING,
   "mask": MASK,
   "opt_state": STATE,
 }
@@ -81,6 +85,8 @@ ALLOWED = {
   SWITCH: "a bool (True or False)",
   DTYPE: "a float dtype",
   MODE: "one of ('paper', 'keras')",
+  SIZE: "a Python int >= 0",
+  ROUNDING: "one of ('kahan',)",
   MASK: "a Python bool",
 }
 
@@ -135,7 +141,23 @@ BAD_VALUES = {
     (jnp.uint8, TypeError, "uint8"),
     ("bogus", TypeError, "'bogus'"),
     (3, TypeError, "3"),
-    ("int8", ValueError, "'int8'"),  # block-wise 8-bit: not available yet
+    (jnp.int8, TypeError, "the string 'int8'"),  # 8-bit storage is the string
+    ("INT8", TypeError, "'INT8'"),
+  ],
+  SIZE: [
+    (-1, ValueError, "-1"),
+    (4096.0, TypeError, "4096.0"),
+    (True, TypeError, "True"),
+    ("4096", TypeError, "'4096'"),
+    (None, TypeError, "None"),
+    (np.float32(4096), TypeError, "4096"),
+    (jnp.arange(2), TypeError, "Array([0, 1]"),
+  ],
+  ROUNDING: [
+    ("stochastic", ValueError, "'stochastic'"),
+    ("Kahan", ValueError, "'Kahan'"),
+    (True, ValueError, "True"),
+    (1, ValueError, "1"),
   ],
   MODE: [
     ("ema", ValueError, "'ema'"),
@@ -229,6 +251,13 @@ def test_invalid_hyperparameter(name, arg, value, error, shown):
       ["average_mode='keras'", "average_decay"],
     ),
     ("adamw", {"average_mode": "keras"}, ValueError, ["average_mode", "average_decay"]),
+    (
+      "adam",
+      {"int8_min_size": 100, "mu_dtype": jnp.bfloat16},
+      ValueError,
+      ["int8_min_size=100", "mu_dtype='int8'"],
+    ),
+    ("scale_by_adam", {"int8_min_size": 0}, ValueError, ["int8_min_size=0", "int8"]),
   ],
 )
 def test_option_without_effect_is_rejected(name, kwargs, error, words):
@@ -257,6 +286,8 @@ def test_averaged_params_of_a_state_without_average(opt_state):
     {"b2": jnp.asarray(0.999, jnp.bfloat16)},  # rounds to 1.0: the limit b -> 1
     {"average_decay": 0.0, "average_mode": "keras", "skip_nonfinite": True},
     {"mask": None, "decouple_lr": np.bool_(True)},
+    {"mu_dtype": "int8", "nu_dtype": "int8", "int8_min_size": 0},
+    {"nu_dtype": "int8", "param_rounding": "kahan"},
   ],
 )
 def test_valid_edge_values_are_accepted(kwargs):

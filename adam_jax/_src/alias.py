@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from typing import NamedTuple
 from typing import TypeAlias
 
 import jax
@@ -121,11 +122,80 @@ def _checked_mask(masked: optax.GradientTransformation, mask: MaskOrFn):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class KahanState(NamedTuple):
+  """State of ``param_rounding="kahan"``: per parameter, the rounding error
+  left by its last update (in the parameter's dtype; None for parameters of
+  float32 or wider, which get plain updates)."""
+
+  compensation: optax.Updates
+
+
+def _low_precision(p: Any) -> bool:
+  dtype = jnp.result_type(p)
+  return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+
+
+def _kahan_updates() -> optax.GradientTransformation:
+  r"""The last step of a chain with ``param_rounding="kahan"``.
+
+  For a low-precision parameter :math:`\theta` with compensation :math:`c`
+  and incoming update :math:`u` (everything widened to float32):
+  :math:`s = \theta + c + u` is where the parameter should be, and the
+  update returned is :math:`u' = \mathrm{round}(\mathrm{round}(s) - \theta)`
+  (rounded to the update's dtype). ``optax.apply_updates`` then computes
+  :math:`\theta' = \mathrm{round}(\theta + u')`, which this step computes
+  too, keeping :math:`c' = s - \theta'` (rounded to the parameter's dtype)
+  for the next step: what rounding took from one update is given back in the
+  next (Kahan, 1965; the "Kahan summation" of torch-optimi and of
+  Zamirai et al., 2020, for bfloat16 training).
+  """
+
+  def init_fn(params):
+    return KahanState(
+      compensation=jax.tree.map(
+        lambda p: jnp.zeros_like(p) if _low_precision(p) else None, params
+      )
+    )
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(
+        "param_rounding='kahan' needs the parameters: call"
+        " update(grads, state, params)."
+      )
+
+    def step(u, c, p):
+      if c is None or u is None:
+        return u, c
+      f32 = jnp.float32
+      p32 = jnp.asarray(p).astype(f32)
+      target = p32 + c.astype(f32) + u.astype(f32)
+      u_new = (target.astype(p.dtype).astype(f32) - p32).astype(u.dtype)
+      applied = (p32 + u_new.astype(f32)).astype(p.dtype)  # apply_updates' result
+      return u_new, (target - applied.astype(f32)).astype(c.dtype)
+
+    treedef = jax.tree.structure(updates, is_leaf=validation.is_none)
+    pairs = [
+      step(u, c, p)
+      for u, c, p in zip(
+        treedef.flatten_up_to(updates),
+        treedef.flatten_up_to(state.compensation),
+        treedef.flatten_up_to(params),
+        strict=True,
+      )
+    ]
+    new_u = treedef.unflatten([u for u, _ in pairs])
+    return new_u, KahanState(compensation=treedef.unflatten([c for _, c in pairs]))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _chain(
   *steps: optax.GradientTransformation,
   average_decay: Any = None,
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """``optax.chain(*steps)``, plus the parameter average last when asked for
   (one flat chain, so without it the state is exactly optax's).
@@ -138,6 +208,9 @@ def _chain(
   returns a zero update, whatever the later steps (weight decay) add.
   """
   averaging.check_average(average_decay, average_mode)
+  if param_rounding is not None:
+    validation.check_choice("param_rounding", param_rounding, ("kahan",))
+    steps = (*steps, _kahan_updates())
   if average_decay is not None:
     steps = (*steps, averaging.average_params(average_decay, average_mode))
   chain = optax.chain(*steps)
@@ -189,6 +262,8 @@ def adam(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
 
@@ -255,6 +330,19 @@ def adam(
       step and compile on trees of many leaves (README, "Performance").
       ``state[0].mu`` is then a :class:`PackedMoments` (``.unpack()`` gives
       the tree). False keeps one array per leaf, as optax does.
+    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
+      fewer elements keep float32 moments (their block scales would cost more
+      than 8-bit codes save). A Python int >= 0.
+    param_rounding: how updates meet low-precision (bfloat16/float16)
+      parameters. ``None``: as in optax, ``apply_updates`` rounds
+      :math:`\theta + u` to the parameter's dtype, losing updates below half
+      its ulp. ``"kahan"``: compensated summation (Kahan, 1965): the state
+      keeps, per low-precision parameter, the rounding error of its last
+      update (in the parameter's dtype: 2 bytes per parameter) and the update
+      returned is the one after which ``optax.apply_updates`` lands on the
+      correctly rounded sum of everything applied so far, so bf16-only
+      training tracks float32 master weights. ``update`` then needs
+      ``params``; float32 parameters get no buffer.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -313,11 +401,13 @@ def adam(
       mask=mask,
       skip_nonfinite=skip_nonfinite,
       pack_small_leaves=pack_small_leaves,
+      int8_min_size=int8_min_size,
     ),
     _scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
     average_mode=average_mode,
     skip_nonfinite=skip_nonfinite,
+    param_rounding=param_rounding,
   )
 
 
@@ -342,6 +432,8 @@ def adamw(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
 
@@ -390,6 +482,9 @@ def adamw(
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
+    int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
+      :func:`adam`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
@@ -433,6 +528,7 @@ def adamw(
     eps_hat=eps_hat,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
   )
   lr = _scale_by_learning_rate(learning_rate)
   if decouple_lr:
@@ -444,6 +540,7 @@ def adamw(
     average_decay=average_decay,
     average_mode=average_mode,
     skip_nonfinite=skip_nonfinite,
+    param_rounding=param_rounding,
   )
 
 
@@ -459,6 +556,8 @@ def nadam(
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
 
@@ -493,6 +592,8 @@ def nadam(
     nu_dtype=nu_dtype,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
+    param_rounding=param_rounding,
   )
 
 
@@ -510,6 +611,8 @@ def nadamw(
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
 
@@ -545,6 +648,8 @@ def nadamw(
     nu_dtype=nu_dtype,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
+    param_rounding=param_rounding,
   )
 
 
@@ -560,6 +665,8 @@ def amsgrad(
   *,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
 
@@ -591,6 +698,9 @@ def amsgrad(
       the AMSGrad paper).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
+    int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
+      :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -619,11 +729,13 @@ def amsgrad(
     bias_correction_nu=bias_correction_nu,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
   )
   return _chain(
     transform.adam_family(cfg),
     _scale_by_learning_rate(learning_rate),
     skip_nonfinite=skip_nonfinite,
+    param_rounding=param_rounding,
   )
 
 
@@ -640,6 +752,8 @@ def adamax(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
+  param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
 
@@ -671,6 +785,9 @@ def adamax(
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
+    int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
+      :func:`adam`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -700,6 +817,7 @@ def adamax(
     weight_decay_mask=mask,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
   )
   return _chain(
     transform.adam_family(cfg),
@@ -707,4 +825,5 @@ def adamax(
     average_decay=average_decay,
     average_mode=average_mode,
     skip_nonfinite=skip_nonfinite,
+    param_rounding=param_rounding,
   )

@@ -120,7 +120,7 @@ class PackedMoments:
       elif slot is None:
         out.append(next(own))
       else:
-        chunk = self.chunks[slot[0]]
+        chunk = _float(self.chunks[slot[0]])
         out.append(_cut(chunk, slot[1], shape, chunk.dtype))
     return out
 
@@ -132,8 +132,8 @@ class PackedMoments:
     """The unpacked tree's shapes and dtypes (``jax.ShapeDtypeStruct``s)."""
     return _abstract(
       self.layout,
-      tuple(jnp.result_type(x) for x in self.own),
-      tuple(jnp.result_type(x) for x in self.chunks),
+      tuple(_logical_dtype(x) for x in self.own),
+      tuple(_logical_dtype(x) for x in self.chunks),
     )
 
   def __getitem__(self, key: Any) -> Any:
@@ -161,17 +161,33 @@ def _abstract(layout: Layout, own_dtypes: tuple, chunk_dtypes: tuple) -> Any:
   return layout.treedef.unflatten(out)
 
 
+def _logical_dtype(x: Any) -> Any:
+  return jnp.dtype(jnp.float32) if moments.is_quantized(x) else jnp.result_type(x)
+
+
+def _float(x: Any) -> Any:
+  """A stored chunk or moment as an array (8-bit ones decoded)."""
+  return moments.dequantize(x) if moments.is_quantized(x) else x
+
+
 def is_packed(x: Any) -> bool:
   return isinstance(x, PackedMoments)
 
 
+def _stored(x: Any) -> bool:
+  return is_packed(x) or moments.is_quantized(x)
+
+
 def logical(tree: Any) -> Any:
   """``tree`` with every :class:`PackedMoments` replaced by its abstract
-  unpacked tree: the structure that does not depend on how moments are
-  stored (used to compare a state with what ``init`` would give)."""
-  return jax.tree.map(
-    lambda x: x.abstract() if is_packed(x) else x, tree, is_leaf=is_packed
-  )
+  unpacked tree and every 8-bit moment by a float32 abstract array: the
+  structure that does not depend on how moments are stored (used to compare
+  a state with what ``init`` would give)."""
+
+  def view(x):
+    return x.abstract() if is_packed(x) else moments.logical(x)
+
+  return jax.tree.map(view, tree, is_leaf=_stored)
 
 
 _UNPACKABLE = object()
@@ -193,7 +209,9 @@ def _placement(x: Any) -> Any:
   return _UNPACKABLE
 
 
-def plan(leaves: list[Any], treedef: Any, group_of) -> tuple[Layout, list[Any]]:
+def plan(
+  leaves: list[Any], treedef: Any, group_of, align_of=lambda group: 1
+) -> tuple[Layout, list[Any]]:
   """Decides which leaves to pack and how.
 
   Args:
@@ -201,6 +219,8 @@ def plan(leaves: list[Any], treedef: Any, group_of) -> tuple[Layout, list[Any]]:
     treedef: their structure.
     group_of: a leaf's storage group (hashable, e.g. its moment dtypes);
       only leaves of one group share a chunk.
+    align_of: a group's alignment: its leaves start at multiples of it, and
+      its chunks' sizes are multiples of it (8-bit storage: whole blocks).
 
   Returns:
     ``(layout, placements)``: the layout (no chunks when packing does not
@@ -227,24 +247,32 @@ def plan(leaves: list[Any], treedef: Any, group_of) -> tuple[Layout, list[Any]]:
         sizes.append(0)
         placements.append(key[1])
       slots[i] = (chunk, sizes[chunk])
-      sizes[chunk] += size
+      sizes[chunk] += -(-size // align_of(key[0])) * align_of(key[0])
       open_chunk[key] = (chunk, count + 1)
   return Layout(treedef, tuple(slots), shapes, tuple(sizes)), placements
 
 
-def zeros(layout: Layout, placements: list[Any], leaves: list[Any], dtype_for) -> Any:
+def zeros(
+  layout: Layout, placements: list[Any], leaves: list[Any], dtype_for, signed: bool
+) -> Any:
   """A zero moment in ``layout`` (which has chunks)."""
   own = [
-    jnp.zeros_like(x, dtype=dtype_for(x))
+    moments.zeros(x, dtype_for(x), signed)
     for x, slot in zip(leaves, layout.slots, strict=True)
     if x is not None and slot is None
   ]
-  chunks = []
+  chunks: list[Any] = []
   for chunk, (size, where) in enumerate(
     zip(layout.chunk_sizes, placements, strict=True)
   ):
     first = leaves[layout.members(chunk)[0][0]]
-    chunks.append(jnp.zeros([size], dtype_for(first), device=where))
+    dtype = dtype_for(first)
+    if isinstance(dtype, str):  # 8-bit: whole blocks (plan aligned them)
+      codes = jnp.zeros([size], jnp.int8 if signed else jnp.uint8, device=where)
+      scales = jnp.zeros([size // moments.BLOCK], jnp.float32, device=where)
+      chunks.append(moments.QuantizedMoment(codes, scales))
+    else:
+      chunks.append(jnp.zeros([size], dtype, device=where))
   return PackedMoments(layout, tuple(own), tuple(chunks))
 
 
@@ -286,8 +314,9 @@ def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves,
     cdts = {moments.compute_dtype(jnp.result_type(g)) for g in gs}
     if len(cdts) == 1:
       (cdt,) = cdts
-      g_flat = jax.lax.concatenate([_flat(g, cdt) for g in gs], 0)
-      p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt)
+      size = layout.chunk_sizes[chunk]
+      g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
+      p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt, size)
       u_flat, *new = leaf_step(g_flat, ms, p_flat, wd)
       u_flat = _materialized(u_flat, one)
       for i, offset in members:
@@ -309,6 +338,20 @@ def _flat(x: jax.Array, dtype: Any) -> jax.Array:
   """``x`` as a 1-d array of ``dtype`` (lax ops: cheap to trace per leaf)."""
   x = jax.lax.reshape(x, (x.size,))
   return x if x.dtype == dtype else jax.lax.convert_element_type(x, dtype)
+
+
+def _pack(members, parts, size):
+  """Flat parts concatenated at their members' offsets into ``size`` values
+  (zeros in the gaps that 8-bit chunks leave to align leaves to blocks)."""
+  pieces, end = [], 0
+  for (_, offset), x in zip(members, parts, strict=True):
+    if offset > end:
+      pieces.append(jnp.zeros([offset - end], x.dtype))
+    pieces.append(x)
+    end = offset + x.shape[0]
+  if size > end:
+    pieces.append(jnp.zeros([size - end], pieces[0].dtype))
+  return pieces[0] if len(pieces) == 1 else jax.lax.concatenate(pieces, 0)
 
 
 def _cut(flat: jax.Array, offset: int, shape: tuple[int, ...], dtype: Any):
@@ -333,7 +376,7 @@ def _materialized(u: jax.Array, one: jax.Array) -> jax.Array:
   return u / one.astype(u.dtype)
 
 
-def _chunk_decay(members, p_leaves, wd_leaves, cdt):
+def _chunk_decay(members, p_leaves, wd_leaves, cdt, size):
   """A chunk's parameters and coupled decay rate: the packed parameters
   (zeros where the mask leaves a leaf out) and the rate, or ``(None, None)``
   when no member decays."""
@@ -347,23 +390,30 @@ def _chunk_decay(members, p_leaves, wd_leaves, cdt):
     else jnp.zeros([math.prod(jnp.shape(p_leaves[i]))], cdt)
     for i, _ in members
   ]
-  return jnp.concatenate(parts), wd
+  return _pack(members, parts, size), wd
 
 
 def _chunk_by_leaf(
   layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, u_leaves
 ):
-  """One chunk stepped leaf by leaf (its moments sliced out and re-packed)."""
+  """One chunk stepped leaf by leaf (its moments sliced out and re-packed;
+  8-bit ones decoded first and encoded again after)."""
   columns: list[list[Any]] = [[] for _ in ms]
+  floats = [None if m is None else _float(m) for m in ms]
   for i, offset in members:
     parts = [
-      None if m is None else _cut(m, offset, layout.shapes[i], m.dtype) for m in ms
+      None if m is None else _cut(m, offset, layout.shapes[i], m.dtype) for m in floats
     ]
     u_leaves[i], *new = leaf_step(g_leaves[i], parts, p_leaves[i], wd_leaves[i])
     for column, x in zip(columns, new, strict=True):
       if x is not None:
         column.append(_flat(x, x.dtype))
-  return [
-    None if m is None else jnp.concatenate(column)
-    for m, column in zip(ms, columns, strict=True)
-  ]
+  out = []
+  for m, column in zip(ms, columns, strict=True):
+    if m is None:
+      out.append(None)
+      continue
+    flat = _pack(members, column, m.shape[0])
+    coded = moments.is_quantized(m)
+    out.append(moments.quantize([flat], [m.signed])[0] if coded else flat)
+  return out

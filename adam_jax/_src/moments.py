@@ -8,6 +8,7 @@ in the parameter's real counterpart (complex64 -> float32).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -112,3 +113,301 @@ def store(x: jax.Array, dtype: Any) -> jax.Array:
     parts = jnp.clip(x.real, -big, big), jnp.clip(x.imag, -big, big)
     return jax.lax.complex(*parts).astype(dtype)
   return jnp.clip(x, -big, big).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Block-wise dynamic 8-bit storage (Dettmers et al., ICLR 2022).
+
+# The storage option's name (``mu_dtype="int8"``/``nu_dtype="int8"``).
+INT8 = "int8"
+# Values per block, each block with its own float32 absmax scale.
+BLOCK = 256
+# Tensors with fewer elements than this keep float32 moments (default of
+# ``int8_min_size``): their scales would weigh more than they save.
+INT8_MIN_SIZE = 4096
+# Decades of the dynamic tree code maps: the signed map (first moment) spends
+# 7 bits on the magnitude (decades 10^0 .. 10^-6), the unsigned one (second
+# moment) 8 bits (decades 10^0 .. 10^-7).
+_DECADES = {True: 6, False: 7}
+
+
+def code_map(signed: bool) -> Any:
+  r"""The dynamic tree code map of the 8-bit storage, as float64 NumPy values.
+
+  A code's magnitude has a decade :math:`k` (:math:`10^{-k}`, given by its
+  count of leading zero bits) and a linear fraction in the remaining bits:
+  decade :math:`k < K` holds :math:`n_k = 2^{K-k}` values :math:`10^{-k}(0.1 +
+  0.9\,j/n_k)`, :math:`j = 1..n_k`, and the last decade :math:`K` the single
+  value :math:`10^{-K}`; 0 is a code. The signed map (:math:`K = 6`) holds
+  :math:`\pm` 127 magnitudes and 0, the unsigned map (:math:`K = 7`) 255
+  magnitudes and 0. Sorted ascending; ``±1`` (the block's absmax) is exact.
+
+  Args:
+    signed: the first moment's map (True) or the second moment's (False).
+
+  Returns:
+    A float64 NumPy array of the 255 (signed) or 256 (unsigned) code values.
+
+  Example:
+    >>> import adam_jax
+    >>> signed = adam_jax.code_map(True)
+    >>> print(len(signed), signed.min(), signed.max())
+    255 -1.0 1.0
+    >>> print(signed[127:131].tolist())  # 0 and the last decades' codes
+    [0.0, 1e-06, 5.5e-06, 1e-05]
+    >>> print(len(adam_jax.code_map(False)), adam_jax.code_map(False)[1])
+    256 1e-07
+
+  References:
+    Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
+    Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+
+    Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
+    <https://arxiv.org/abs/1511.04561>`_, ICLR 2016 (the dynamic tree map).
+  """
+  import numpy as np
+
+  top = _DECADES[signed]
+  mags = [0.0]
+  for k in range(top, -1, -1):
+    n = 2 ** (top - k)
+    if k == top:
+      mags.append(10.0**-k)
+    else:
+      mags += [10.0**-k * (0.1 + 0.9 * j / n) for j in range(1, n + 1)]
+  mags_arr = np.array(mags)
+  if signed:
+    return np.concatenate([-mags_arr[:0:-1], mags_arr])
+  return mags_arr
+
+
+@jax.tree_util.register_pytree_node_class
+class QuantizedMoment:
+  """A moment stored block-wise in 8 bits: codes and one scale per block.
+
+  ``codes`` has the parameter's shape (``int8`` for the signed first moment,
+  ``uint8`` for the second); ``scales`` (float32) holds the absmax of each
+  block of ``BLOCK = 256`` consecutive values along the trailing axes (the
+  fewest trailing axes holding at least 256 values), so its shape is the
+  parameter's leading axes followed by the number of blocks. A value is
+  ``code_map[code] * scale``. It is a pytree of those two arrays, so
+  ``jit``, ``tree.map`` and checkpointing handle it like any state.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> state = adam_jax.adam(mu_dtype="int8", nu_dtype="int8").init(
+    ...   {"w": jnp.ones((64, 512)), "b": jnp.ones(512)})
+    >>> mu = state[0].mu["w"]
+    >>> mu.codes.dtype, mu.codes.shape, mu.scales.shape
+    (dtype('int8'), (64, 512), (64, 2))
+    >>> state[0].mu["b"].dtype  # under 4096 elements: float32
+    dtype('float32')
+  """
+
+  def __init__(self, codes: Any, scales: Any):
+    self.codes = codes
+    self.scales = scales
+
+  def tree_flatten(self):
+    return (self.codes, self.scales), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(*children)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(jnp.shape(self.codes))
+
+  @property
+  def signed(self) -> bool:
+    return jnp.result_type(self.codes) == jnp.int8
+
+  def dequantize(self) -> jax.Array:
+    """The stored moment as a float32 array of the parameter's shape."""
+    return dequantize(self)
+
+  def __repr__(self) -> str:
+    kind = "signed" if self.signed else "unsigned"
+    return f"QuantizedMoment({kind}, shape={self.shape})"
+
+
+def is_quantized(x: Any) -> bool:
+  return isinstance(x, QuantizedMoment)
+
+
+def _block_axis(shape: tuple[int, ...]) -> int:
+  """The first axis of the trailing axes that blocks run along: the last
+  axis ``a`` with ``prod(shape[a:]) >= BLOCK`` (0 when there is none)."""
+  for a in range(len(shape) - 1, -1, -1):
+    if math.prod(shape[a:]) >= BLOCK:
+      return a
+  return 0
+
+
+def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  a = _block_axis(shape)
+  return (*shape[:a], -(-math.prod(shape[a:]) // BLOCK))
+
+
+def _blocked(x: jax.Array) -> jax.Array:
+  """``x`` viewed as ``lead + (blocks, BLOCK)``, zero padded at the end."""
+  shape = tuple(x.shape)
+  a = _block_axis(shape)
+  lead, rest = shape[:a], math.prod(shape[a:])
+  x = x.reshape((*lead, rest))
+  blocks = -(-rest // BLOCK)
+  if blocks * BLOCK != rest:
+    x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, blocks * BLOCK - rest)])
+  return x.reshape((*lead, blocks, BLOCK))
+
+
+def _unblocked(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  a = _block_axis(shape)
+  lead, rest = shape[:a], math.prod(shape[a:])
+  x = x.reshape((*lead, -1))
+  if x.shape[-1] != rest:
+    x = x[..., :rest]
+  return x.reshape(shape)
+
+
+def quantized_zeros(like: Any, signed: bool) -> QuantizedMoment:
+  """A zero :class:`QuantizedMoment` for a parameter like ``like`` (placed
+  like it when it is an array laid out by a ``NamedSharding``)."""
+  shape = tuple(jnp.shape(like))
+  codes = jnp.zeros_like(like, dtype=jnp.int8 if signed else jnp.uint8)
+  sharding = None
+  if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
+    sharding = _scales_sharding(like.sharding, shape)
+  scales = jnp.zeros(scales_shape(shape), jnp.float32, device=sharding)
+  return QuantizedMoment(codes, scales)
+
+
+def _scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
+  """The scales follow the parameter's leading axes (and its last axis when
+  blocks run along that axis alone); merged trailing axes are replicated."""
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    return sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return None
+  a = _block_axis(shape)
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  last = spec[a] if a == len(shape) - 1 else None
+  return jax.sharding.NamedSharding(
+    sharding.mesh, jax.sharding.PartitionSpec(*spec[:a], last)
+  )
+
+
+def _magnitudes(index: jax.Array, top: int) -> jax.Array:
+  """Decodes magnitude indices (int32 in ``[0, 2**(top+1))``) of the code map
+  with decades ``0..top``, without a table lookup (XLA:CPU does not fuse a
+  gather, and this is a few vector instructions)."""
+  e = 31 - jax.lax.clz(jnp.maximum(index, 1))  # floor(log2(index)): decade top - e
+  n = jax.lax.shift_left(jnp.int32(1), e)
+  inv_n = jax.lax.bitcast_convert_type(jax.lax.shift_left(127 - e, 23), jnp.float32)
+  j = (index - n + 1).astype(jnp.float32)
+  frac = jnp.where(e == 0, j, 0.1 + 0.9 * (j * inv_n))
+  decade = jnp.ones(index.shape, jnp.float32)
+  for k in range(1, top + 1):
+    decade = jnp.where(e == top - k, jnp.float32(10.0**-k), decade)
+  return jnp.where(index == 0, jnp.float32(0), frac * decade)
+
+
+def _indices(a: jax.Array, top: int, positive: jax.Array | None) -> jax.Array:
+  """The index of the nearest code magnitude to ``a`` (float32 in [0, 1]).
+
+  The decade comes from scaling by 10 while below 0.1; within a decade the
+  codes are evenly spaced, and the decades' ends are codes, so rounding there
+  finds the nearest. Where ``positive`` (the second moment: a zero would
+  divide the step by ``eps``) a value never rounds to 0.
+  """
+  f = a
+  k = jnp.zeros(a.shape, jnp.int32)
+  for _ in range(top):
+    small = f < 0.1
+    f = jnp.where(small, f * 10, f)
+    k = k + small.astype(jnp.int32)
+  n_int = jax.lax.shift_left(jnp.int32(1), top - k)
+  n = n_int.astype(jnp.float32)
+  bottom = k == top
+  j = jnp.where(bottom, f * n, (f - 0.1) * (n / 0.9))
+  j = jnp.minimum(jnp.floor(j + 0.5), n).astype(jnp.int32)
+  index = n_int - 1 + j
+  if positive is not None:
+    index = jnp.maximum(index, positive.astype(jnp.int32))
+  return index
+
+
+def dequantize(q: QuantizedMoment) -> jax.Array:
+  """A :class:`QuantizedMoment` as float32 values (see :func:`quantize`)."""
+  shape = q.shape
+  codes = _blocked(q.codes.astype(jnp.int32))
+  if q.signed:
+    mags = _magnitudes(jnp.abs(codes), _DECADES[True])
+    mags = jnp.where(codes < 0, -mags, mags)
+  else:
+    mags = _magnitudes(codes, _DECADES[False])
+  return _unblocked(mags * q.scales[..., None], shape)
+
+
+def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
+  r"""Block-wise dynamic quantization of same-shaped float32 arrays.
+
+  Each block of ``BLOCK`` values is divided by its absmax :math:`s` (over
+  its finite values) and every value rounded to the nearest code of the
+  dynamic tree map (:func:`code_map`). So the block's absmax is stored
+  exactly, 0 stays 0, and a value in decade :math:`k` is off by at most
+  :math:`0.45\, s\, 10^{-k} / n_k` (at most :math:`0.0071 s` signed and
+  :math:`0.0036 s` unsigned); below the last decade, at most half the
+  smallest code (signed) or up to the smallest code (unsigned, rounded up:
+  a positive second moment never becomes 0). A non-finite value poisons only
+  itself: NaN is stored as 0 and :math:`\pm\infty` as :math:`\pm s`. Values
+  below float32's smallest normal may be stored as 0 (subnormals flush).
+
+  The absmaxes of all ``xs`` come from one reduction (XLA:CPU compiles a
+  variadic reduction with its producers fused, where it runs a single one
+  through a slower library kernel).
+  """
+  shape = tuple(xs[0].shape)
+  blocks = [_blocked(x) for x in xs]
+  big = jnp.float32(jnp.finfo(jnp.float32).max)
+  finite = [jnp.where(jnp.abs(b) <= big, jnp.abs(b), 0) for b in blocks]
+  zero = tuple(jnp.float32(0) for _ in xs)
+  axis = (finite[0].ndim - 1,)
+
+  def pick(acc, new):
+    return tuple(jax.lax.max(x, y) for x, y in zip(acc, new, strict=True))
+
+  scales = jax.lax.reduce(tuple(finite), zero, pick, axis)
+  out = []
+  for b, s, sign in zip(blocks, scales, signed, strict=True):
+    # Scaled by a power of 2 first, so that neither a huge absmax nor a tiny
+    # one leaves the normal range when XLA divides through its reciprocal.
+    pre = jnp.where(s > 2.0**100, 2.0**-100, jnp.where(s < 2.0**-100, 2.0**100, 1.0))
+    a = (jnp.abs(b) * pre[..., None]) / jnp.where(s > 0, s * pre, 1)[..., None]
+    a = jnp.where(a < 1, a, jnp.where(a >= 1, 1, 0))  # NaN -> 0, inf -> 1
+    index = _indices(a, _DECADES[sign], None if sign else b > 0)
+    if sign:
+      codes = jnp.where(b < 0, -index, index).astype(jnp.int8)
+    else:
+      codes = index.astype(jnp.uint8)
+    out.append(QuantizedMoment(_unblocked(codes, shape), s))
+  return out
+
+
+def zeros(like: Any, dtype: Any, signed: bool) -> Any:
+  """A zero moment for a parameter like ``like``, stored in ``dtype`` (a
+  :class:`QuantizedMoment` for ``"int8"``)."""
+  if isinstance(dtype, str) and dtype == INT8:
+    return quantized_zeros(like, signed)
+  return jnp.zeros_like(like, dtype=dtype)
+
+
+def logical(x: Any) -> Any:
+  """What a stored moment stands for: a float32 array of its shape for a
+  :class:`QuantizedMoment`, else ``x`` itself."""
+  if is_quantized(x):
+    return jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  return x

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 from typing import NamedTuple
 
@@ -81,6 +82,8 @@ class _Config:
   skip_nonfinite: bool = False
   # Store the moments of many small leaves packed into flat chunks (fused.py).
   pack_small_leaves: bool = True
+  # With mu_dtype/nu_dtype "int8": leaves with fewer elements keep float32.
+  int8_min_size: int = moments.INT8_MIN_SIZE
 
 
 def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step):
@@ -90,8 +93,7 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
   comes back in ``g.dtype`` and the moments in their stored dtypes. ``wd`` is
   the coupled weight decay for this leaf (None: none) and ``p`` its parameter.
   ``step`` holds what is shared by every leaf: ``bound(rdt)``, the step-size
-  bound in a dtype, and ``finite``, whether every gradient is finite (None
-  without ``skip_nonfinite``).
+  bound in a dtype.
 
   For finite real gradients the update is finite and ``|u| <= bound`` (up to
   ``BOUND_SLACK`` of rounding) at any magnitude: a ``v_t`` that overflowed
@@ -183,19 +185,37 @@ def _leaf_step(cfg: _Config, t, t_next, g, m, v, v_max, p=None, wd=None, **step)
     # there must stay optax's, bit for bit.
     bound = step["bound"](rdt) * (1 + BOUND_SLACK)
     u = jnp.clip(u, -bound, bound)  # NaN stays NaN
-  out = (
+  return (
     u.astype(g.dtype),
     moments.store(m_new, m.dtype),
     moments.store(v_new, v.dtype),
     None if v_max_new is None else moments.store(v_max_new, v_max.dtype),
   )
-  finite = step.get("finite")
+
+
+def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
+  """:func:`_leaf_step` on stored moments: 8-bit moments are decoded to
+  float32 before the math and encoded after it (their blocks' scales in one
+  reduction); with ``finite`` (``skip_nonfinite``) a step with a non-finite
+  gradient returns a zero update and the stored moments unchanged."""
+  m, v, v_max = (
+    moments.dequantize(x) if moments.is_quantized(x) else x for x in stored
+  )
+  u, *new = _leaf_step(cfg, t, t_next, g, m, v, v_max, p, wd, bound=bound)
+  coded = [i for i, x in enumerate(stored) if moments.is_quantized(x)]
+  if coded:
+    encoded = moments.quantize(
+      [new[i] for i in coded], [stored[i].signed for i in coded]
+    )
+    for i, q in zip(coded, encoded, strict=True):
+      new[i] = q
+  out = (u, *new)
   if finite is None:
     return out
-  old = (jnp.zeros_like(g), m, v, v_max)
+  old = (jnp.zeros_like(g), *stored)
   return tuple(
-    None if new is None else jnp.where(finite, new, before)
-    for new, before in zip(out, old, strict=True)
+    None if x is None else jax.tree.map(lambda a, b: jnp.where(finite, a, b), x, y)
+    for x, y in zip(out, old, strict=True)
   )
 
 
@@ -259,6 +279,11 @@ def _geometric_sum(x: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
   return jnp.where(y == 0, at_zero, jnp.where(delta == 0, t, power_sum))
 
 
+def _alignment(group: Any) -> int:
+  """Packed 8-bit moments align their leaves to whole blocks."""
+  return moments.BLOCK if moments.INT8 in group else 1
+
+
 def _positive(x: Any) -> bool:
   """A Python number that stays > 0 in any compute dtype (at least the
   smallest normal float32: subnormals may be flushed to zero). Arrays and
@@ -273,16 +298,31 @@ def _as_compute(x, dtype):
   return x if isinstance(x, (int, float)) else x.astype(dtype)
 
 
-def _zeros(params, dtype_for):
-  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype_for(p)), params)
-
-
 def adam_family(cfg: _Config) -> optax.GradientTransformation:
   """Builds the transformation for one configuration of the Adam family."""
+
+  def int8_or_float32(p):
+    """8-bit storage for leaves of at least ``int8_min_size`` elements."""
+    if isinstance(cfg.int8_min_size, jax.core.Tracer):
+      raise TypeError(
+        "int8_min_size decides the state's shapes, so it cannot be traced:"
+        " with optax.inject_hyperparams pass"
+        " static_args=('int8_min_size',), or call init outside jit."
+      )
+    if math.prod(jnp.shape(p)) >= cfg.int8_min_size:
+      return moments.INT8
+    return jnp.dtype(jnp.float32)
 
   def mu_dtype_for(p):
     if cfg.mu_dtype is None:
       return jnp.result_type(p)
+    if cfg.mu_dtype == moments.INT8:
+      if jnp.iscomplexobj(p):
+        raise TypeError(
+          f"mu_dtype='int8' cannot store the first moment of a"
+          f" {jnp.result_type(p)} parameter: use a complex dtype (or None)."
+        )
+      return int8_or_float32(p)
     if jnp.iscomplexobj(p) != jnp.issubdtype(cfg.mu_dtype, jnp.complexfloating):
       raise TypeError(
         f"mu_dtype={jnp.dtype(cfg.mu_dtype).name} cannot store the first"
@@ -294,6 +334,8 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
   def nu_dtype_for(p):
     if cfg.nu_dtype is None:
       return moments.real_dtype(jnp.result_type(p))
+    if cfg.nu_dtype == moments.INT8:
+      return int8_or_float32(p)
     return cfg.nu_dtype
 
   def storage_group(p):
@@ -304,18 +346,20 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     layout, placements = None, []
     if cfg.pack_small_leaves:
       leaves, treedef = jax.tree.flatten(params, is_leaf=validation.is_none)
-      layout, placements = fused.plan(leaves, treedef, storage_group)
+      layout, placements = fused.plan(
+        leaves, treedef, storage_group, align_of=_alignment
+      )
 
-    def moment(dtype_for):
+    def moment(dtype_for, signed):
       if layout is None or not layout.chunk_sizes:  # optax's: an array per leaf
-        return _zeros(params, dtype_for)
-      return fused.zeros(layout, placements, leaves, dtype_for)
+        return jax.tree.map(lambda p: moments.zeros(p, dtype_for(p), signed), params)
+      return fused.zeros(layout, placements, leaves, dtype_for, signed)
 
     return ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
-      mu=moment(mu_dtype_for),
-      nu=moment(nu_dtype_for),
-      nu_max=moment(nu_dtype_for) if cfg.amsgrad else None,
+      mu=moment(mu_dtype_for, signed=True),
+      nu=moment(nu_dtype_for, signed=False),
+      nu_max=moment(nu_dtype_for, signed=False) if cfg.amsgrad else None,
       skipped=jnp.zeros([], jnp.int32) if cfg.skip_nonfinite else None,
     )
 
@@ -342,10 +386,7 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     finite = all_finite(g_leaves) if cfg.skip_nonfinite else None
 
     def leaf_step(g, ms, p, wd):
-      m, v, vm = ms
-      return _leaf_step(
-        cfg, count_inc, count_next, g, m, v, vm, p, wd, bound=bound, finite=finite
-      )
+      return _stored_step(cfg, count_inc, count_next, g, ms, p, wd, bound, finite)
 
     if fused.is_packed(state.mu):
       u_leaves, (m, v, vm) = fused.packed_step(
@@ -414,12 +455,18 @@ def check_state(cfg: _Config, updates: Any, state: Any) -> None:
   for field, dtype in (("mu", cfg.mu_dtype), ("nu", cfg.nu_dtype)):
     if dtype is None:
       continue
-    for path, x in validation.leaf_paths(getattr(state, field)):
-      if x is not None and jnp.result_type(x) != dtype:
+    tree = getattr(state, field)
+    for path, x in validation.leaf_paths(tree, is_leaf=moments.is_quantized):
+      if x is None:
+        continue
+      stored = "int8" if moments.is_quantized(x) else jnp.result_type(x).name
+      wanted = dtype if dtype == moments.INT8 else jnp.dtype(dtype).name
+      if stored != wanted and not (wanted == "int8" and stored == "float32"):
         raise ValueError(
-          f"state.{field}{path} is stored in {jnp.result_type(x)} but this"
-          f" optimizer has {field}_dtype={jnp.dtype(dtype).name}: the state"
-          " comes from another configuration. Call init with this optimizer."
+          f"state.{field}{path} is stored in {stored} but this optimizer has"
+          f" {field}_dtype={wanted if wanted != 'int8' else repr(wanted)}:"
+          " the state comes from another"
+          " configuration. Call init with this optimizer."
         )
 
 
@@ -474,6 +521,18 @@ def checked_config(
       validation.check_bool(key, options[key])
   if options.get("weight_decay") is not None:
     validation.check_scalar_or_schedule("weight_decay", options["weight_decay"])
+  if "int8_min_size" in options:
+    options["int8_min_size"] = validation.check_size(
+      "int8_min_size", options["int8_min_size"]
+    )
+    traced = isinstance(options["int8_min_size"], jax.core.Tracer)
+    if moments.INT8 not in (mu_dtype, nu_dtype) and not traced:
+      validation.check_unused(
+        "int8_min_size",
+        options["int8_min_size"],
+        moments.INT8_MIN_SIZE,
+        "mu_dtype='int8' or nu_dtype='int8'",
+      )
   mask = options.get("weight_decay_mask")
   validation.check_mask("mask", mask)
   if options.get("weight_decay") is None:
@@ -507,6 +566,7 @@ def scale_by_adam(
   mask: Any = None,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  int8_min_size: int = moments.INT8_MIN_SIZE,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
 
@@ -555,10 +615,16 @@ def scale_by_adam(
     eps_root: :math:`\bar\varepsilon` added inside the root, >= 0 (useful for
       meta-gradients through Adam).
     mu_dtype: storage dtype of :math:`m_t`; ``None`` keeps the parameter's.
+      ``"int8"``: block-wise dynamic 8-bit storage (Dettmers et al., 2022):
+      blocks of 256 values with a float32 absmax scale each, decoded to
+      float32 for the math and encoded again in the same step (a
+      :class:`QuantizedMoment`; see :func:`adam_jax.code_map`).
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: storage dtype of :math:`v_t` (optax has no such option);
       ``None`` keeps the parameter's real dtype. E.g. ``jnp.bfloat16`` halves
       the second moment's memory; the math still runs in float32.
+      ``"int8"``: block-wise 8-bit storage as for ``mu_dtype`` (unsigned
+      code map; a positive :math:`v_t` never rounds to 0).
     amsgrad: PyTorch/Keras AMSGrad (maximum of the raw second moment).
     maximize: ascend instead of descend.
     bias_correction: divide the moments by :math:`1 - \beta^t`.
@@ -573,6 +639,8 @@ def scale_by_adam(
     pack_small_leaves: store the moments of many small leaves packed in flat
       chunks (a :class:`PackedMoments`), updated a chunk at a time: the same
       numbers, faster on trees of many leaves (see :func:`adam`).
+    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
+      fewer elements keep float32 moments.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -627,5 +695,6 @@ def scale_by_adam(
     weight_decay_mask=mask,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    int8_min_size=int8_min_size,
   )
   return adam_family(cfg)

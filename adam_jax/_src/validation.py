@@ -163,7 +163,7 @@ def _check_mask_flags(name: str, tree: Any) -> None:
       )
 
 
-def check_unused(name: str, value: Any, default: str | None, needs: str) -> None:
+def check_unused(name: str, value: Any, default: Any, needs: str) -> None:
   """Rejects an option set away from its default where it has no effect."""
   unused = value is None if default is None else value == default
   if not unused:
@@ -177,22 +177,17 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
   """Canonicalizes a moment storage dtype argument (``mu_dtype``/``nu_dtype``).
 
   Returns:
-    ``None`` (follow the parameters) or a canonical floating (or, when
-    ``allow_complex``, complex) NumPy dtype.
+    ``None`` (follow the parameters), ``"int8"`` (block-wise 8-bit storage)
+    or a canonical floating (or, when ``allow_complex``, complex) NumPy dtype.
   """
   if value is None:
     return None
-  allowed = "None or a float dtype such as jnp.float32 or jnp.bfloat16"
+  allowed = "None, a float dtype such as jnp.float32 or jnp.bfloat16"
   if allow_complex:
     allowed += " (or a complex dtype for complex parameters)"
+  allowed += ", or the string 'int8' (block-wise 8-bit storage)"
   if isinstance(value, str) and value == "int8":
-    _fail(
-      ValueError,
-      name,
-      value,
-      allowed,
-      " (block-wise 8-bit storage is not available yet)",
-    )
+    return value
   try:
     dtype = jnp.dtype(value)
   except TypeError:
@@ -201,21 +196,47 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
     allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)
   )
   if not ok:
-    _fail(TypeError, name, value, allowed, f" (dtype {dtype})")
+    hint = " (8-bit storage is the string 'int8')" if dtype == jnp.int8 else ""
+    _fail(TypeError, name, value, allowed, f" (dtype {dtype}){hint}")
   return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def check_size(name: str, value: Any) -> Any:
+  """A size >= 0: a Python int or an integer scalar array (as
+  ``optax.inject_hyperparams`` passes it). Returns it as a Python int, or
+  unchanged when it is traced (the caller refuses it where a static size is
+  needed)."""
+  allowed = "a Python int >= 0"
+  if isinstance(value, (bool, np.bool_)):
+    _fail(TypeError, name, value, allowed)
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if jnp.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.integer):
+      _fail(TypeError, name, value, allowed)
+    if isinstance(value, jax.core.Tracer):
+      return value
+    value = int(value)
+  if not isinstance(value, int):
+    _fail(TypeError, name, value, allowed)
+  if value < 0:
+    _fail(ValueError, name, value, allowed)
+  return value
 
 
 def is_none(x: Any) -> bool:
   return x is None
 
 
-def leaf_paths(tree: Any) -> list[tuple[str, Any]]:
-  """``(path, leaf)`` pairs of a tree, None leaves included."""
-  return _paths(tree)[0]
+def leaf_paths(tree: Any, is_leaf: Any = None) -> list[tuple[str, Any]]:
+  """``(path, leaf)`` pairs of a tree, None leaves included (and subtrees
+  for which ``is_leaf`` holds kept whole)."""
+  return _paths(tree, is_leaf)[0]
 
 
-def _paths(tree: Any) -> tuple[list[tuple[str, Any]], Any]:
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+def _paths(tree: Any, is_leaf: Any = None) -> tuple[list[tuple[str, Any]], Any]:
+  def stop(x):
+    return x is None or (is_leaf is not None and is_leaf(x))
+
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)
   return [(jax.tree_util.keystr(p), x) for p, x in leaves], treedef
 
 

@@ -197,10 +197,10 @@ def _state_bytes(state):
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_state_bytes_per_parameter(pack):
-  # A 4.2M-parameter transformer-like tree (4 blocks of 512-wide layers).
-  shapes = []
+  # A 4.2M-parameter transformer-like tree (4 blocks of 256-wide layers).
+  shapes = [(4096, 256)]  # an embedding
   for _ in range(4):
-    shapes += [(512, 1536), (512, 512), (512, 2048), (2048, 512), (512,), (512,)]
+    shapes += [(256, 768), (256, 256), (256, 1024), (1024, 256), (256,), (256,)]
   shapes += [(128, 512)] * (70 if pack else 0)  # 65,536-element leaves: packed
   params = _tree(shapes)
   n = sum(int(np.prod(s)) for s in shapes)

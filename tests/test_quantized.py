@@ -219,6 +219,9 @@ def test_small_leaves_keep_float32_and_the_threshold_is_configurable():
   state = adam_jax.adam(mu_dtype="int8").init(params)
   assert isinstance(state[0].mu["w"], adam_jax.QuantizedMoment)
   assert state[0].mu["b"].dtype == jnp.float32
+  assert repr(state[0].mu["w"]) == "QuantizedMoment(signed, shape=(64, 64))"
+  shapes = jax.tree.map(lambda x: x.shape, state[0].mu["w"])  # any leaves
+  assert repr(shapes) == "QuantizedMoment(?, shape=?)"
   assert state[0].nu["w"].dtype == jnp.bfloat16  # nu_dtype None: the param's
   state = adam_jax.adam(mu_dtype="int8", int8_min_size=10).init(params)
   assert isinstance(state[0].mu["b"], adam_jax.QuantizedMoment)
@@ -324,6 +327,7 @@ def test_no_recompile_and_packed_equals_per_leaf():
     u, s_plain = plain.update(grads(k), s_plain, p2)
     p2 = optax.apply_updates(p2, u)
   assert len(traces) == 1
+  assert step._cache_size() == 1  # init's state compiles like the step's output
   # The same blocks either way; float rounding (jit vs eager: ulps) may flip
   # a code near a tie now and then, moving that element by a step's rounding.
   for k in params:

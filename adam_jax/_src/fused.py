@@ -120,7 +120,7 @@ class PackedMoments:
       elif slot is None:
         out.append(next(own))
       else:
-        chunk = _float(self.chunks[slot[0]])
+        chunk = moments.decoded(self.chunks[slot[0]])
         out.append(_cut(chunk, slot[1], shape, chunk.dtype))
     return out
 
@@ -165,11 +165,6 @@ def _logical_dtype(x: Any) -> Any:
   return jnp.dtype(jnp.float32) if moments.is_quantized(x) else jnp.result_type(x)
 
 
-def _float(x: Any) -> Any:
-  """A stored chunk or moment as an array (8-bit ones decoded)."""
-  return moments.dequantize(x) if moments.is_quantized(x) else x
-
-
 def is_packed(x: Any) -> bool:
   return isinstance(x, PackedMoments)
 
@@ -195,12 +190,11 @@ _UNPACKABLE = object()
 
 def _placement(x: Any) -> Any:
   """Where a chunk holding ``x`` must live: None (default placement: ``x``
-  is a tracer or not a jax.Array), a sharding, or ``_UNPACKABLE`` (``x`` is
-  split over devices: it keeps its own moment arrays)."""
-  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
-    return None
-  sharding = x.sharding
-  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+  is a tracer, not a jax.Array, or not committed to a device), a sharding, or
+  ``_UNPACKABLE`` (``x`` is split over devices: it keeps its own moment
+  arrays)."""
+  sharding = moments.placement(x)
+  if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   if isinstance(sharding, jax.sharding.NamedSharding) and (
     sharding.is_fully_replicated
@@ -268,9 +262,7 @@ def zeros(
     first = leaves[layout.members(chunk)[0][0]]
     dtype = dtype_for(first)
     if isinstance(dtype, str):  # 8-bit: whole blocks (plan aligned them)
-      codes = jnp.zeros([size], jnp.int8 if signed else jnp.uint8, device=where)
-      scales = jnp.zeros([size // moments.BLOCK], jnp.float32, device=where)
-      chunks.append(moments.QuantizedMoment(codes, scales))
+      chunks.append(moments.quantized_zeros((size,), signed, where))
     else:
       chunks.append(jnp.zeros([size], dtype, device=where))
   return PackedMoments(layout, tuple(own), tuple(chunks))
@@ -399,7 +391,7 @@ def _chunk_by_leaf(
   """One chunk stepped leaf by leaf (its moments sliced out and re-packed;
   8-bit ones decoded first and encoded again after)."""
   columns: list[list[Any]] = [[] for _ in ms]
-  floats = [None if m is None else _float(m) for m in ms]
+  floats = [None if m is None else moments.decoded(m) for m in ms]
   for i, offset in members:
     parts = [
       None if m is None else _cut(m, offset, layout.shapes[i], m.dtype) for m in floats

@@ -153,7 +153,7 @@ def code_map(signed: bool) -> Any:
     >>> signed = adam_jax.code_map(True)
     >>> print(len(signed), signed.min(), signed.max())
     255 -1.0 1.0
-    >>> print(signed[127:131].tolist())  # 0 and the last decades' codes
+    >>> print(signed[127:131].round(9).tolist())  # 0 and the last decades' codes
     [0.0, 1e-06, 5.5e-06, 1e-05]
     >>> print(len(adam_jax.code_map(False)), adam_jax.code_map(False)[1])
     256 1e-07
@@ -223,15 +223,17 @@ class QuantizedMoment:
 
   @property
   def signed(self) -> bool:
-    return jnp.result_type(self.codes) == jnp.int8
+    return getattr(self.codes, "dtype", None) == jnp.int8
 
   def dequantize(self) -> jax.Array:
     """The stored moment as a float32 array of the parameter's shape."""
     return dequantize(self)
 
   def __repr__(self) -> str:
-    kind = "signed" if self.signed else "unsigned"
-    return f"QuantizedMoment({kind}, shape={self.shape})"
+    # After a tree.map the leaves may be anything (shapes, None, ...).
+    dtype, shape = getattr(self.codes, "dtype", None), getattr(self.codes, "shape", "?")
+    kind = {"int8": "signed", "uint8": "unsigned"}.get(getattr(dtype, "name", ""), "?")
+    return f"QuantizedMoment({kind}, shape={shape})"
 
 
 def is_quantized(x: Any) -> bool:
@@ -273,22 +275,33 @@ def _unblocked(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return x.reshape(shape)
 
 
-def quantized_zeros(like: Any, signed: bool) -> QuantizedMoment:
-  """A zero :class:`QuantizedMoment` for a parameter like ``like`` (placed
-  like it when it is an array laid out by a ``NamedSharding``)."""
-  shape = tuple(jnp.shape(like))
-  codes = jnp.zeros_like(like, dtype=jnp.int8 if signed else jnp.uint8)
-  sharding = None
-  if isinstance(like, jax.Array) and not isinstance(like, jax.core.Tracer):
-    sharding = _scales_sharding(like.sharding, shape)
-  scales = jnp.zeros(scales_shape(shape), jnp.float32, device=sharding)
+def quantized_zeros(
+  shape: tuple[int, ...], signed: bool, placement: Any = None
+) -> QuantizedMoment:
+  """A zero :class:`QuantizedMoment` of ``shape``: the codes placed at
+  ``placement`` (a sharding, or None for the default placement) and the
+  scales laid out to match."""
+  codes = jnp.zeros(shape, jnp.int8 if signed else jnp.uint8, device=placement)
+  scales = jnp.zeros(
+    scales_shape(shape), jnp.float32, device=_scales_sharding(placement, shape)
+  )
   return QuantizedMoment(codes, scales)
+
+
+def placement(x: Any) -> Any:
+  """Where a moment of ``x`` goes: ``x``'s sharding when ``x`` is an array
+  committed to it, else None (the default placement; jit keeps it as
+  uncommitted as the parameters, so a step's output state compiles the same
+  as ``init``'s)."""
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed:
+    return x.sharding
+  return None
 
 
 def _scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
   """The scales follow the parameter's leading axes (and its last axis when
   blocks run along that axis alone); merged trailing axes are replicated."""
-  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+  if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   if not isinstance(sharding, jax.sharding.NamedSharding):
     return None
@@ -401,8 +414,13 @@ def zeros(like: Any, dtype: Any, signed: bool) -> Any:
   """A zero moment for a parameter like ``like``, stored in ``dtype`` (a
   :class:`QuantizedMoment` for ``"int8"``)."""
   if isinstance(dtype, str) and dtype == INT8:
-    return quantized_zeros(like, signed)
+    return quantized_zeros(tuple(jnp.shape(like)), signed, placement(like))
   return jnp.zeros_like(like, dtype=dtype)
+
+
+def decoded(x: Any) -> Any:
+  """A stored moment as an array: 8-bit ones decoded to float32."""
+  return dequantize(x) if is_quantized(x) else x
 
 
 def logical(x: Any) -> Any:

@@ -198,9 +198,7 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
   float32 before the math and encoded after it (their blocks' scales in one
   reduction); with ``finite`` (``skip_nonfinite``) a step with a non-finite
   gradient returns a zero update and the stored moments unchanged."""
-  m, v, v_max = (
-    moments.dequantize(x) if moments.is_quantized(x) else x for x in stored
-  )
+  m, v, v_max = (moments.decoded(x) for x in stored)
   u, *new = _leaf_step(cfg, t, t_next, g, m, v, v_max, p, wd, bound=bound)
   coded = [i for i, x in enumerate(stored) if moments.is_quantized(x)]
   if coded:
@@ -455,18 +453,21 @@ def check_state(cfg: _Config, updates: Any, state: Any) -> None:
   for field, dtype in (("mu", cfg.mu_dtype), ("nu", cfg.nu_dtype)):
     if dtype is None:
       continue
+    # 8-bit storage keeps small leaves in float32.
+    if dtype == moments.INT8:
+      allowed, shown = {moments.INT8, "float32"}, repr(dtype)
+    else:
+      allowed = {shown := jnp.dtype(dtype).name}
     tree = getattr(state, field)
     for path, x in validation.leaf_paths(tree, is_leaf=moments.is_quantized):
       if x is None:
         continue
-      stored = "int8" if moments.is_quantized(x) else jnp.result_type(x).name
-      wanted = dtype if dtype == moments.INT8 else jnp.dtype(dtype).name
-      if stored != wanted and not (wanted == "int8" and stored == "float32"):
+      stored = moments.INT8 if moments.is_quantized(x) else jnp.result_type(x).name
+      if stored not in allowed:
         raise ValueError(
           f"state.{field}{path} is stored in {stored} but this optimizer has"
-          f" {field}_dtype={wanted if wanted != 'int8' else repr(wanted)}:"
-          " the state comes from another"
-          " configuration. Call init with this optimizer."
+          f" {field}_dtype={shown}: the state comes from another configuration."
+          " Call init with this optimizer."
         )
 
 

@@ -18,6 +18,7 @@ from adam_jax._src.averaging import averaged_params as averaged_params
 from adam_jax._src.fused import PackedMoments as PackedMoments
 from adam_jax._src.moments import QuantizedMoment as QuantizedMoment
 from adam_jax._src.moments import code_map as code_map
+from adam_jax._src.sharding import state_shardings as state_shardings
 from adam_jax._src.transform import ScaleByAdamState as ScaleByAdamState
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
 
@@ -38,4 +39,5 @@ __all__ = [
   "nadam",
   "nadamw",
   "scale_by_adam",
+  "state_shardings",
 ]

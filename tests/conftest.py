@@ -7,6 +7,7 @@ with int32), so reference computations with optax run inside ``optax_mode()``.
 """
 
 import contextlib
+import os
 
 from hypothesis import settings
 import jax
@@ -18,6 +19,11 @@ import pytest
 settings.register_profile("default", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("default")
+
+# Tests that need 8 simulated devices run in their own process (XLA_FLAGS must
+# be set before jax is imported): tests/test_multidevice.py starts it.
+MULTIDEVICE = "ADAM_JAX_MULTIDEVICE"
+collect_ignore = [] if os.environ.get(MULTIDEVICE) == "1" else ["multidevice"]
 
 
 @pytest.fixture(autouse=True)

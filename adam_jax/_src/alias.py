@@ -43,9 +43,8 @@ def _init_schedule(value: ScalarOrSchedule):
   """The init of a step driven by ``value``: a step count for a schedule."""
 
   def init_fn(params):
-    del params
     if callable(value):
-      return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+      return optax.ScaleByScheduleState(count=moments.counter(params))
     return optax.EmptyState()
 
   return init_fn
@@ -153,7 +152,10 @@ def _kahan_updates() -> optax.GradientTransformation:
   def init_fn(params):
     return KahanState(
       compensation=jax.tree.map(
-        lambda p: jnp.zeros_like(p) if _low_precision(p) else None, params
+        lambda p: (
+          moments.zeros(p, jnp.result_type(p), True) if _low_precision(p) else None
+        ),
+        params,
       )
     )
 

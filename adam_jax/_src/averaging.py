@@ -60,7 +60,7 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
 
   def init_fn(params):
     return ParamAverageState(
-      count=jnp.zeros([], jnp.int32),
+      count=moments.counter(params),
       average=jax.tree.map(
         lambda p: jnp.asarray(p).astype(moments.compute_dtype(jnp.result_type(p))),
         params,

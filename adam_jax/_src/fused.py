@@ -18,9 +18,13 @@ repeated, so XLA compiles one kernel for every leaf at the same offset of
 equal chunks instead of one per leaf.
 
 Large leaves keep their own moment arrays: for them the per-leaf cost is
-negligible, and they keep the layout (and sharding) of their parameter.
-Leaves that are already sharded over several devices when ``init`` sees them
-are never packed.
+negligible, and they keep the layout of their parameter.
+
+Packing is for processes that see one device. With several devices a chunk
+could not follow its leaves' shardings, and ``init`` under ``jit`` cannot see
+them, so every moment keeps its own array there, laid out like its parameter;
+this keeps ``init``, ``jit(init)`` and ``jax.eval_shape(init)`` (a checkpoint's
+restore target) in one structure.
 """
 
 from __future__ import annotations
@@ -103,11 +107,16 @@ class PackedMoments:
     self.chunks = tuple(chunks)
 
   def tree_flatten(self):
-    return (self.own, self.chunks), self.layout
+    # One flat list of children, no nested tuples: tools that treat an empty
+    # container as a leaf (Orbax does, for ``own`` when every leaf is packed)
+    # would otherwise hand one object back where a tuple was.
+    return (*self.own, *self.chunks), (self.layout, len(self.own))
 
   @classmethod
-  def tree_unflatten(cls, layout, children):
-    return cls(layout, *children)
+  def tree_unflatten(cls, aux, children):
+    layout, n_own = aux
+    children = tuple(children)
+    return cls(layout, children[:n_own], children[n_own:])
 
   def leaves(self) -> list[Any]:
     """One entry per leaf of ``layout.treedef``: the own array, the leaf's
@@ -221,6 +230,8 @@ def plan(
     pay) and each chunk's placement (a sharding or None).
   """
   shapes = tuple(None if x is None else tuple(jnp.shape(x)) for x in leaves)
+  if jax.device_count() > 1:  # see the module doc
+    return Layout(treedef, (None,) * len(leaves), shapes, ()), []
   small = []
   for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):
     size = 0 if shape is None else math.prod(shape)

@@ -12,7 +12,9 @@ import math
 from typing import Any
 
 import jax
+from jax.experimental.shard_alike import shard_alike
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -259,20 +261,61 @@ def _blocked(x: jax.Array) -> jax.Array:
   shape = tuple(x.shape)
   a = _block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
-  x = x.reshape((*lead, rest))
   blocks = -(-rest // BLOCK)
+  typed = _typed_sharding(x)
+  if typed is None:
+    x = x.reshape((*lead, rest))
+  else:  # explicit mesh axes: reshapes must name their output's sharding
+    spec = tuple(_scales_sharding(typed, shape).spec)
+    x = jax.sharding.reshard(x, _on(typed, _block_friendly(spec, len(shape))))
+    x = jax.lax.reshape(x, (*lead, rest), out_sharding=_on(typed, P(*spec)))
   if blocks * BLOCK != rest:
     x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, blocks * BLOCK - rest)])
-  return x.reshape((*lead, blocks, BLOCK))
+  if typed is None:
+    return x.reshape((*lead, blocks, BLOCK))
+  out = _on(typed, P(*spec, None))
+  return jax.lax.reshape(x, (*lead, blocks, BLOCK), out_sharding=out)
 
 
-def _unblocked(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
+  """The inverse of :func:`_blocked`: ``x`` (blocks) back in ``shape``, laid
+  out like ``like`` (on a mesh with explicit axes)."""
   a = _block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
-  x = x.reshape((*lead, -1))
+  typed = None if like is None else _typed_sharding(like)
+  if typed is None:
+    x = x.reshape((*lead, -1))
+  else:
+    spec = tuple(_scales_sharding(typed, shape).spec)
+    out = _on(typed, P(*spec))
+    x = jax.lax.reshape(x, (*lead, x.shape[-2] * BLOCK), out_sharding=out)
   if x.shape[-1] != rest:
     x = x[..., :rest]
-  return x.reshape(shape)
+  if typed is None:
+    return x.reshape(shape)
+  friendly = _on(typed, _block_friendly(spec, len(shape)))
+  return jax.sharding.reshard(jax.lax.reshape(x, shape, out_sharding=friendly), typed)
+
+
+def _typed_sharding(x: Any) -> Any:
+  """``x``'s sharding when its type carries one (an array on a mesh with
+  explicit axes, e.g. from ``jax.make_mesh``'s default), else None (XLA
+  propagates shardings itself)."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  if not isinstance(sharding, jax.sharding.NamedSharding) or sharding.mesh.empty:
+    return None
+  explicit = jax.sharding.AxisType.Explicit
+  return sharding if explicit in sharding.mesh.axis_types else None
+
+
+def _on(sharding: Any, spec: P) -> Any:
+  return jax.sharding.NamedSharding(sharding.mesh, spec)
+
+
+def _block_friendly(spec: tuple[Any, ...], ndim: int) -> P:
+  """A parameter layout whose blocks each live on one device: the scales'
+  ``spec`` on the leading axes and the block axis, the rest unsplit."""
+  return P(*spec, *([None] * (ndim - len(spec))))
 
 
 def quantized_zeros(
@@ -299,18 +342,38 @@ def placement(x: Any) -> Any:
 
 
 def _scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
-  """The scales follow the parameter's leading axes (and its last axis when
-  blocks run along that axis alone); merged trailing axes are replicated."""
+  """The scales follow the parameter's leading axes, and its last axis when
+  blocks run along that axis alone and each shard holds whole blocks; other
+  trailing axes are replicated (a block split over shards cannot keep one
+  scale per shard)."""
   if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   if not isinstance(sharding, jax.sharding.NamedSharding):
     return None
   a = _block_axis(shape)
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-  last = spec[a] if a == len(shape) - 1 else None
-  return jax.sharding.NamedSharding(
-    sharding.mesh, jax.sharding.PartitionSpec(*spec[:a], last)
-  )
+  last = None
+  if a == len(shape) - 1 and shape[a] % (shards(sharding, spec[a]) * BLOCK) == 0:
+    last = spec[a]
+  return named(sharding.mesh, [*spec[:a], last])
+
+
+def named(mesh: Any, spec: list[Any]) -> jax.sharding.NamedSharding:
+  """``NamedSharding(mesh, P(*spec))`` without trailing Nones: a jitted step
+  returns specs in that form, and jit's cache tells ``P("x", None)`` from
+  ``P("x")`` (a state placed with the former would compile the step twice)."""
+  while spec and spec[-1] is None:
+    spec = spec[:-1]
+  return jax.sharding.NamedSharding(mesh, P(*spec))
+
+
+def shards(sharding: Any, entry: Any) -> int:
+  """How many pieces a ``PartitionSpec`` entry (None, an axis name or a
+  tuple of them) cuts its dimension into on ``sharding``'s mesh."""
+  if entry is None:
+    return 1
+  names = entry if isinstance(entry, tuple) else (entry,)
+  return math.prod(sharding.mesh.shape[n] for n in names)
 
 
 def _magnitudes(index: jax.Array, top: int) -> jax.Array:
@@ -362,7 +425,7 @@ def dequantize(q: QuantizedMoment) -> jax.Array:
     mags = jnp.where(codes < 0, -mags, mags)
   else:
     mags = _magnitudes(codes, _DECADES[False])
-  return _unblocked(mags * q.scales[..., None], shape)
+  return _unblocked(mags * q.scales[..., None], shape, q.codes)
 
 
 def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
@@ -406,16 +469,59 @@ def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
       codes = jnp.where(b < 0, -index, index).astype(jnp.int8)
     else:
       codes = index.astype(jnp.uint8)
-    out.append(QuantizedMoment(_unblocked(codes, shape), s))
+    out.append(QuantizedMoment(_unblocked(codes, shape, xs[0]), s))
   return out
 
 
 def zeros(like: Any, dtype: Any, signed: bool) -> Any:
   """A zero moment for a parameter like ``like``, stored in ``dtype`` (a
-  :class:`QuantizedMoment` for ``"int8"``)."""
+  :class:`QuantizedMoment` for ``"int8"``), laid out like ``like``: on its
+  sharding when ``like`` is a committed array, and tied to its sharding
+  when ``like`` is traced (see :func:`follow`)."""
+  z: Any
   if isinstance(dtype, str) and dtype == INT8:
-    return quantized_zeros(tuple(jnp.shape(like)), signed, placement(like))
-  return jnp.zeros_like(like, dtype=dtype)
+    z = quantized_zeros(tuple(jnp.shape(like)), signed, placement(like))
+  else:
+    z = jnp.zeros_like(like, dtype=dtype)
+  return follow(like, z)
+
+
+def counter(params: Any) -> jax.Array:
+  """A zero int32 step counter placed where a jitted step returns it:
+  replicated on the parameters' mesh when they are committed to one (so the
+  step does not compile a second time for the counter's placement)."""
+  z = jnp.zeros([], jnp.int32)
+  first = next(iter(jax.tree.leaves(params)), None)
+  sharding = placement(first)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.device_put(z, jax.sharding.NamedSharding(sharding.mesh, P()))
+  return z
+
+
+def follow(like: Any, z: Any) -> Any:
+  """``z`` (an array of ``like``'s shape or a :class:`QuantizedMoment` of
+  it) tied to ``like``'s sharding when ``like`` is traced in a process with
+  several devices.
+
+  Zeros do not depend on the parameter's data, so under ``jit`` XLA's
+  sharding propagation would leave them unconstrained and place the whole
+  state on one device (optax #548). ``shard_alike`` puts them in one
+  sharding group with the parameter (and the 8-bit scales with one value
+  per block of the parameter), so they are laid out like it.
+  """
+  if not isinstance(like, jax.core.Tracer) or jax.device_count() == 1:
+    return z
+  if not is_quantized(z):
+    return shard_alike(like, z)[1]
+  codes = shard_alike(like, z.codes)[1]
+  typed = _typed_sharding(like)
+  if typed is None:
+    scales = shard_alike(_blocked(like)[..., 0], z.scales)[1]
+  else:  # explicit axes: the scales' sharding is part of their type
+    scales = jnp.zeros(
+      z.scales.shape, jnp.float32, out_sharding=_scales_sharding(typed, z.shape)
+    )
+  return QuantizedMoment(codes, scales)
 
 
 def decoded(x: Any) -> Any:

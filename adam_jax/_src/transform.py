@@ -354,11 +354,11 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
       return fused.zeros(layout, placements, leaves, dtype_for, signed)
 
     return ScaleByAdamState(
-      count=jnp.zeros([], jnp.int32),
+      count=moments.counter(params),
       mu=moment(mu_dtype_for, signed=True),
       nu=moment(nu_dtype_for, signed=False),
       nu_max=moment(nu_dtype_for, signed=False) if cfg.amsgrad else None,
-      skipped=jnp.zeros([], jnp.int32) if cfg.skip_nonfinite else None,
+      skipped=moments.counter(params) if cfg.skip_nonfinite else None,
     )
 
   def update_fn(updates, state, params=None):

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m adam_jax.examples.<name>``."""

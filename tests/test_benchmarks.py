@@ -103,6 +103,42 @@ def test_per_leaf_column(tmp_path):
   assert "per-leaf" in proc.stdout
 
 
+def test_state_formats_table(tmp_path):
+  """--state-formats times bf16 and int8 moments against float32 ones and
+  reports the state's bytes, counted here from the formats' definitions."""
+  path = tmp_path / "b.json"
+  proc = _run_module(
+    "--quick",
+    "--state-formats",
+    "--trees",
+    "1x16M",
+    "--steps",
+    "2",
+    "--json",
+    str(path),
+  )
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(path.read_text())
+  assert result["header"]["state_formats"] is True
+  (record,) = result["trees"]
+  n = record["n_params"]  # one leaf of 4096: at the int8 threshold, so 8-bit
+  assert n == 4096
+  results = record["results"]
+  count = 4  # the int32 step count
+  expected = {
+    "adam_jax": 2 * 4 * n + count,
+    "adam_jax_bf16": 2 * 2 * n + count,
+    "adam_jax_int8": 2 * (n + 4 * (n // 256)) + count,  # codes + float32 scales
+  }
+  for key, nbytes in expected.items():
+    assert results[key]["state_bytes"] == nbytes, key
+    assert len(results[key]["step_s"]) == 2
+    assert math.isfinite(results[key]["ratio_to_adam_jax"]), key
+  assert results["adam_jax"]["ratio_to_adam_jax"] == 1.0
+  assert "optimizer state formats" in proc.stdout
+  assert benchmarks.format_table(result) in proc.stdout
+
+
 def test_full_size_trees():
   by_name = {name: _shapes(name, quick=False) for name in benchmarks.TREES}
   for leaves in by_name.values():

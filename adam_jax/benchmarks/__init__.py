@@ -60,6 +60,7 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 import dataclasses
 import datetime
+import functools
 import gc
 import importlib.metadata
 import math
@@ -348,8 +349,13 @@ class _Variant:
   state_bytes: int | None = None
 
 
+STATE_FORMATS: dict[str, Any] = {"bf16": jnp.bfloat16, "int8": "int8"}
+"""``--state-formats``: the moment storage timed besides float32 (adam_jax's
+``mu_dtype`` and ``nu_dtype`` both set to the value)."""
+
+
 def _optimizers(
-  per_leaf: bool,
+  per_leaf: bool, state_formats: bool = False
 ) -> dict[str, Callable[[], optax.GradientTransformation]]:
   optimizers: dict[str, Callable[[], optax.GradientTransformation]] = {
     "optax": lambda: optax.adam(LEARNING_RATE),
@@ -359,6 +365,11 @@ def _optimizers(
     optimizers["adam_jax_per_leaf"] = lambda: adam_jax.adam(
       LEARNING_RATE, pack_small_leaves=False
     )
+  if state_formats:
+    for label, dtype in STATE_FORMATS.items():
+      optimizers[f"adam_jax_{label}"] = functools.partial(
+        adam_jax.adam, LEARNING_RATE, mu_dtype=dtype, nu_dtype=dtype
+      )
   return optimizers
 
 
@@ -394,11 +405,12 @@ def _bench_tree(
   steps: int,
   compile_repeats: int,
   per_leaf: bool,
+  state_formats: bool,
   log: Callable[[str], None],
   prefix: str,
 ) -> dict[str, Any]:
   log(f"{prefix} {name} ({tree_description(name, quick=quick)}): building trees")
-  optimizers = _optimizers(per_leaf)
+  optimizers = _optimizers(per_leaf, state_formats)
   grads = build_tree(name, quick=quick, seed=GRADS_SEED, scale=1e-3)
   leaves = jax.tree.leaves(grads)
   n_params = sum(int(x.size) for x in leaves)
@@ -467,6 +479,7 @@ def _bench_tree(
         v.step_s.append(elapsed)
 
   optax_s = variants["optax"].step_s
+  float32_s = variants["adam_jax"].step_s
   flat_s = flat.step_s
   optax_compile = _median(variants["optax"].compile_s)
   records: dict[str, Any] = {}
@@ -495,6 +508,9 @@ def _bench_tree(
       assert v.state_bytes is not None
       record["state_bytes"] = v.state_bytes
       record["state_bytes_per_param"] = v.state_bytes / n_params
+      record["ratio_to_adam_jax"] = _median(
+        a / b for a, b in zip(v.step_s, float32_s, strict=True)
+      )
     records[v.key] = record
   ours = records["adam_jax"]
   log(
@@ -520,7 +536,13 @@ def _version(package: str) -> str | None:
 
 
 def _header(
-  *, quick: bool, steps: int, compile_repeats: int, per_leaf: bool, trees: Sequence[str]
+  *,
+  quick: bool,
+  steps: int,
+  compile_repeats: int,
+  per_leaf: bool,
+  state_formats: bool,
+  trees: Sequence[str],
 ) -> dict[str, Any]:
   device = jax.devices()[0]
   config: Any = jax.config  # the option attributes are not in its type stubs
@@ -549,6 +571,7 @@ def _header(
     "warmup_rounds": WARMUP_ROUNDS,
     "compile_repeats": compile_repeats,
     "per_leaf": per_leaf,
+    "state_formats": state_formats,
   }
 
 
@@ -587,6 +610,7 @@ def run(
   steps: int | None = None,
   compile_repeats: int = 1,
   per_leaf: bool = False,
+  state_formats: bool = False,
   log: Callable[[str], None] = print_to_stderr,
 ) -> dict[str, Any]:
   """Runs the benchmark and returns its record (what ``--json`` writes).
@@ -602,15 +626,19 @@ def run(
       ``None`` for ``DEFAULT_STEPS`` (``QUICK_STEPS`` if ``quick``).
     compile_repeats: compilations per optimizer; the median is reported.
     per_leaf: also time ``adam_jax.adam(pack_small_leaves=False)``.
+    state_formats: also time adam_jax with bfloat16 and 8-bit moments
+      (``STATE_FORMATS``), keyed ``adam_jax_bf16`` and ``adam_jax_int8``.
     log: called with each progress message.
 
   Returns:
     ``{"header": {...}, "trees": [...]}``: the device, versions and settings,
     then one record per tree with ``tree``, ``description``, ``n_params``,
     ``n_leaves`` and ``results``, which maps ``optax``, ``adam_jax``,
-    ``flat`` (and ``adam_jax_per_leaf``) to their medians, raw per-round step
-    times and compile times in seconds, effective GB/s and ratios; the
-    optimizers also have ``state_bytes`` and ``state_bytes_per_param``.
+    ``flat`` (and ``adam_jax_per_leaf``, ``adam_jax_bf16``, ``adam_jax_int8``)
+    to their medians, raw per-round step times and compile times in seconds,
+    effective GB/s and ratios; the optimizers also have ``state_bytes``,
+    ``state_bytes_per_param`` and ``ratio_to_adam_jax`` (step time over
+    adam_jax's with float32 state, the median of per-round ratios).
 
   Raises:
     ValueError: for an unknown tree name, ``steps < 1`` or
@@ -634,6 +662,7 @@ def run(
     steps=steps,
     compile_repeats=compile_repeats,
     per_leaf=per_leaf,
+    state_formats=state_formats,
     trees=names,
   )
   if header["persistent_compilation_cache"]:
@@ -653,6 +682,7 @@ def run(
         steps=steps,
         compile_repeats=compile_repeats,
         per_leaf=per_leaf,
+        state_formats=state_formats,
         log=log,
         prefix=f"[{i + 1}/{len(names)}]",
       )
@@ -742,6 +772,42 @@ def _render_table(
   ]
 
 
+STATE_FORMAT_COLUMNS: tuple[tuple[str, str], ...] = (
+  ("", "tree"),
+  ("", "moments"),
+  ("", "state B/param"),
+  ("", "compile s"),
+  ("", "step ms"),
+  ("", "step / float32"),
+)
+"""The columns of the ``--state-formats`` table."""
+
+
+def _state_format_table(result: dict[str, Any]) -> list[str]:
+  rows = []
+  for t in result["trees"]:
+    for label in ("float32", *STATE_FORMATS):
+      key = "adam_jax" if label == "float32" else f"adam_jax_{label}"
+      r = t["results"][key]
+      rows.append(
+        [
+          t["tree"],
+          label,
+          f"{r['state_bytes_per_param']:.3f}",
+          _fmt_s(r["compile_median_s"]),
+          _fmt_ms(r["step_median_s"]),
+          f"{r['ratio_to_adam_jax']:.2f}",
+        ]
+      )
+  return [
+    "optimizer state formats: adam_jax.adam with mu_dtype = nu_dtype = the format",
+    *_render_table(STATE_FORMAT_COLUMNS, rows),
+    "step / float32: the median of per-round ratios to adam_jax with float32 moments"
+    " (interleaved in the same rounds). int8 applies to tensors of at least 4096"
+    " elements; smaller ones keep float32 moments.",
+  ]
+
+
 def format_table(result: dict[str, Any]) -> str:
   """Renders a ``run`` result: a header of device and versions, then the table.
 
@@ -811,6 +877,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
       "per-leaf: adam_jax.adam(pack_small_leaves=False); its step ratio is to optax."
     )
+  if h.get("state_formats"):
+    lines += ["", *_state_format_table(result)]
   if h["quick"]:
     lines.append(
       "trees: "

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     action="store_true",
     help="also time adam_jax.adam(pack_small_leaves=False), the unpacked layout",
   )
+  parser.add_argument(
+    "--state-formats",
+    action="store_true",
+    help="also time adam_jax.adam with bfloat16 and 8-bit (int8) moments",
+  )
   return parser
 
 
@@ -111,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps=args.steps,
     compile_repeats=args.compile_repeats,
     per_leaf=args.per_leaf,
+    state_formats=args.state_formats,
   )
   elapsed = time.perf_counter() - start
   result["header"]["wall_s"] = elapsed

@@ -9,11 +9,16 @@ import sys
 
 
 def run_python(
-  *args: str, devices: int | None = None, cwd=None, timeout: int = 300
+  *args: str,
+  devices: int | None = None,
+  cwd=None,
+  timeout: int = 300,
+  env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
   """``python *args`` on the CPU backend, with ``devices`` simulated CPU
-  devices when given; returns the finished process (output captured)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  devices when given and ``env`` added to the environment; returns the
+  finished process (output captured)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return subprocess.run(

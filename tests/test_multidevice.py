@@ -2,40 +2,22 @@
 ``XLA_FLAGS`` must be set before jax is imported, so those tests cannot
 share this process."""
 
-import os
 from pathlib import Path
 import re
-import subprocess
-import sys
 
+from tests._procs import run_python
 from tests.conftest import MULTIDEVICE
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_multidevice_suite_passes_on_8_devices():
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    **{MULTIDEVICE: "1"},
-  )
-  out = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "pytest",
-      "tests/multidevice",
-      "-q",
-      "-p",
-      "no:cacheprovider",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=1200,
-    env=env,
+  out = run_python(
+    *("-m", "pytest", "tests/multidevice", "-q", "-p", "no:cacheprovider"),
+    devices=8,
     cwd=REPO,
-    check=False,
+    timeout=1200,
+    env={MULTIDEVICE: "1"},
   )
   tail = out.stdout[-6000:] + out.stderr[-2000:]
   assert out.returncode == 0, tail

@@ -1,6 +1,7 @@
 """The 2-process data-parallel example (``jax.distributed`` over localhost,
 CPU collectives through gloo) against the same training in one process."""
 
+from pathlib import Path
 import re
 
 from jax._src.lib import _jax
@@ -8,7 +9,7 @@ import pytest
 
 from tests._procs import run_python
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(

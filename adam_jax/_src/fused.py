@@ -194,22 +194,14 @@ def logical(tree: Any) -> Any:
   return jax.tree.map(view, tree, is_leaf=_stored)
 
 
-_UNPACKABLE = object()
-
-
 def _placement(x: Any) -> Any:
   """Where a chunk holding ``x`` must live: None (default placement: ``x``
-  is a tracer, not a jax.Array, or not committed to a device), a sharding, or
-  ``_UNPACKABLE`` (``x`` is split over devices: it keeps its own moment
-  arrays)."""
+  is a tracer, not a jax.Array, or not committed to a device) or its
+  sharding (replicated, on a mesh: packing runs with one device only)."""
   sharding = moments.placement(x)
-  if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
-    return sharding
-  if isinstance(sharding, jax.sharding.NamedSharding) and (
-    sharding.is_fully_replicated
-  ):
+  if isinstance(sharding, jax.sharding.NamedSharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  return _UNPACKABLE
+  return sharding
 
 
 def plan(
@@ -237,9 +229,7 @@ def plan(
     size = 0 if shape is None else math.prod(shape)
     if shape is None or size >= PACK_BELOW:
       continue
-    where = _placement(x)
-    if where is not _UNPACKABLE:
-      small.append((i, (group_of(x), where), size))
+    small.append((i, (group_of(x), _placement(x)), size))
   slots: list[tuple[int, int] | None] = [None] * len(leaves)
   sizes: list[int] = []
   placements: list[Any] = []

@@ -262,19 +262,13 @@ def _blocked(x: jax.Array) -> jax.Array:
   a = _block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
   blocks = -(-rest // BLOCK)
-  typed = _typed_sharding(x)
-  if typed is None:
-    x = x.reshape((*lead, rest))
-  else:  # explicit mesh axes: reshapes must name their output's sharding
-    spec = tuple(_scales_sharding(typed, shape).spec)
+  typed, spec = _block_layout(x, shape)
+  if typed is not None:  # explicit mesh axes: each block on one device first
     x = jax.sharding.reshard(x, _on(typed, _block_friendly(spec, len(shape))))
-    x = jax.lax.reshape(x, (*lead, rest), out_sharding=_on(typed, P(*spec)))
+  x = _reshape(x, (*lead, rest), typed, P(*spec))
   if blocks * BLOCK != rest:
     x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, blocks * BLOCK - rest)])
-  if typed is None:
-    return x.reshape((*lead, blocks, BLOCK))
-  out = _on(typed, P(*spec, None))
-  return jax.lax.reshape(x, (*lead, blocks, BLOCK), out_sharding=out)
+  return _reshape(x, (*lead, blocks, BLOCK), typed, P(*spec, None))
 
 
 def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
@@ -282,19 +276,29 @@ def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Ar
   out like ``like`` (on a mesh with explicit axes)."""
   a = _block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
-  typed = None if like is None else _typed_sharding(like)
-  if typed is None:
-    x = x.reshape((*lead, -1))
-  else:
-    spec = tuple(_scales_sharding(typed, shape).spec)
-    out = _on(typed, P(*spec))
-    x = jax.lax.reshape(x, (*lead, x.shape[-2] * BLOCK), out_sharding=out)
+  typed, spec = (None, ()) if like is None else _block_layout(like, shape)
+  x = _reshape(x, (*lead, x.shape[-2] * BLOCK), typed, P(*spec))
   if x.shape[-1] != rest:
     x = x[..., :rest]
+  x = _reshape(x, shape, typed, _block_friendly(spec, len(shape)))
+  return x if typed is None else jax.sharding.reshard(x, typed)
+
+
+def _block_layout(x: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:
+  """``(typed, spec)``: ``x``'s sharding when its type carries one (else
+  None) and the spec its blocks' leading axes keep (the scales')."""
+  typed = _typed_sharding(x)
+  if typed is None:
+    return None, ()
+  return typed, tuple(_scales_sharding(typed, shape).spec)
+
+
+def _reshape(x: jax.Array, shape: tuple[int, ...], typed: Any, spec: P) -> jax.Array:
+  """``x.reshape(shape)``; on a mesh with explicit axes (``typed``) the
+  output's sharding must be named: ``spec`` on that mesh."""
   if typed is None:
     return x.reshape(shape)
-  friendly = _on(typed, _block_friendly(spec, len(shape)))
-  return jax.sharding.reshard(jax.lax.reshape(x, shape, out_sharding=friendly), typed)
+  return jax.lax.reshape(x, shape, out_sharding=_on(typed, spec))
 
 
 def _typed_sharding(x: Any) -> Any:

@@ -225,28 +225,27 @@ def _uses(spec: list[Any], axis: str) -> bool:
   return any(axis == e or (isinstance(e, tuple) and axis in e) for e in spec)
 
 
-def _split(sharding: Any, shape: tuple[int, ...], axis: Any) -> Any:
+def _split(
+  sharding: Any, shape: tuple[int, ...], axis: Any, candidates: Any = None
+) -> Any:
   """``sharding`` further split over mesh ``axis`` along the first
-  dimension that it divides evenly (an unsplit one first)."""
+  dimension that it divides evenly (an unsplit one first). ``candidates``:
+  ``(dims, unit)`` pairs tried in turn, the pieces along ``dims`` staying
+  multiples of ``unit`` (default: every dimension, unit 1)."""
   if axis is None or not isinstance(sharding, NamedSharding) or not shape:
     return sharding
   spec = _spec(sharding, len(shape))
   if _uses(spec, axis):
     return sharding
-  for d in _split_dims(sharding, spec, shape, axis, range(len(shape)), 1):
-    spec[d] = _joined(spec[d], axis)
-    return moments.named(sharding.mesh, spec)
-  return sharding
-
-
-def _split_dims(sharding, spec, shape, axis, dims, unit):
-  """Dimensions of ``dims`` that ``axis`` can split further (pieces still
-  multiples of ``unit``): unsplit ones first, then split ones."""
   n = sharding.mesh.shape[axis]
-  fits = [
-    d for d in dims if shape[d] % (moments.shards(sharding, spec[d]) * n * unit) == 0
-  ]
-  return [d for d in fits if spec[d] is None] + [d for d in fits if spec[d] is not None]
+  for dims, unit in candidates or [(range(len(shape)), 1)]:
+    fits = [
+      d for d in dims if shape[d] % (moments.shards(sharding, spec[d]) * n * unit) == 0
+    ]
+    for d in [d for d in fits if spec[d] is None] + [d for d in fits if spec[d]]:
+      spec[d] = _joined(spec[d], axis)
+      return moments.named(sharding.mesh, spec)
+  return sharding
 
 
 def _joined(entry: Any, axis: str) -> Any:
@@ -257,19 +256,12 @@ def _joined(entry: Any, axis: str) -> Any:
 
 def _split_quantized(sharding: Any, shape: tuple[int, ...], axis: Any):
   """Codes and scales shardings of an 8-bit moment of a parameter laid out
-  by ``sharding``, split over ``axis`` where whole blocks allow it."""
-  scales = moments._scales_sharding(sharding, shape)
-  if axis is None or not isinstance(sharding, NamedSharding):
-    return sharding, scales
-  spec = _spec(sharding, len(shape))
-  if _uses(spec, axis):
-    return sharding, scales
+  by ``sharding``, split over ``axis`` where whole blocks allow it: along a
+  leading axis, or along the block axis when it is the last one and each
+  piece still holds whole blocks."""
   a = moments._block_axis(shape)
-  dims = _split_dims(sharding, spec, shape, axis, range(a), 1)
-  if not dims and a == len(shape) - 1 and scales.spec[-1] == spec[a]:
-    dims = _split_dims(sharding, spec, shape, axis, [a], moments.BLOCK)
-  if not dims:
-    return sharding, scales
-  spec[dims[0]] = _joined(spec[dims[0]], axis)
-  codes = moments.named(sharding.mesh, spec)
+  candidates: list[tuple[Any, int]] = [(range(a), 1)]
+  if a == len(shape) - 1:
+    candidates.append(([a], moments.BLOCK))
+  codes = _split(sharding, shape, axis, candidates)
   return codes, moments._scales_sharding(codes, shape)

@@ -19,6 +19,7 @@ import optax
 
 from adam_jax._src import fused
 from adam_jax._src import moments
+from adam_jax._src import native
 from adam_jax._src import validation
 
 
@@ -197,17 +198,27 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
   """:func:`_leaf_step` on stored moments: 8-bit moments are decoded to
   float32 before the math and encoded after it (their blocks' scales in one
   reduction); with ``finite`` (``skip_nonfinite``) a step with a non-finite
-  gradient returns a zero update and the stored moments unchanged."""
-  m, v, v_max = (moments.decoded(x) for x in stored)
-  u, *new = _leaf_step(cfg, t, t_next, g, m, v, v_max, p, wd, bound=bound)
-  coded = [i for i, x in enumerate(stored) if moments.is_quantized(x)]
-  if coded:
-    encoded = moments.quantize(
-      [new[i] for i in coded], [stored[i].signed for i in coded]
-    )
-    for i, q in zip(coded, encoded, strict=True):
-      new[i] = q
-  out = (u, *new)
+  gradient returns a zero update and the stored moments unchanged.
+
+  Leaves that ``_native_ok`` accepts are stepped on the CPU by ``native``'s
+  one-pass kernel (other platforms, and derivatives, by this XLA code)."""
+
+  def xla_step(g, stored):
+    m, v, v_max = (moments.decoded(x) for x in stored)
+    u, *new = _leaf_step(cfg, t, t_next, g, m, v, v_max, p, wd, bound=bound)
+    coded = [i for i, x in enumerate(stored) if moments.is_quantized(x)]
+    if coded:
+      encoded = moments.quantize(
+        [new[i] for i in coded], [stored[i].signed for i in coded]
+      )
+      for i, q in zip(coded, encoded, strict=True):
+        new[i] = q
+    return (u, *new)
+
+  if finite is None and wd is None and _native_ok(cfg, g, stored):
+    coef = _native_coefficients(cfg, t, bound)
+    return native.step(xla_step, _native_kernel, g, stored, coef)
+  out = xla_step(g, stored)
   if finite is None:
     return out
   old = (jnp.zeros_like(g), *stored)
@@ -215,6 +226,74 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
     None if x is None else jax.tree.map(lambda a, b: jnp.where(finite, a, b), x, y)
     for x, y in zip(out, old, strict=True)
   )
+
+
+def _native_ok(cfg: _Config, g: Any, stored: tuple[Any, Any, Any]) -> bool:
+  """Whether ``native``'s one-pass CPU kernel steps this leaf: plain Adam
+  moments (any decay rates, eps_root and bias corrections; eps other than a
+  Python 0) of a real float32 gradient, at least one of them stored narrower (bfloat16
+  or 8-bit) and the other in bfloat16, 8 bits or float32, in a one-device
+  CPU process (the kernel does not partition over devices). Coupled weight
+  decay and ``skip_nonfinite`` stay in XLA."""
+  m, v, v_max = stored
+  plain = cfg.norm == "l2" and not (
+    cfg.nesterov or cfg.amsgrad or cfg.eps_hat or cfg.maximize
+  )
+  # With a Python eps of 0, XLA divides by the square root through rsqrt.
+  eps_zero = isinstance(cfg.eps, (int, float)) and cfg.eps == 0
+  kinds = [
+    moments.INT8 if moments.is_quantized(x) else jnp.result_type(x).name for x in (m, v)
+  ]
+  return (
+    plain
+    and not eps_zero
+    and v_max is None
+    and jnp.result_type(g) == jnp.float32
+    and set(kinds) <= {"float32", "bfloat16", moments.INT8}
+    and kinds != ["float32", "float32"]
+    and jax.device_count() == 1
+    and jax.default_backend() == "cpu"
+    and native.enabled()
+  )
+
+
+def _native_coefficients(cfg: _Config, t: jax.Array, bound: Any) -> jax.Array:
+  """The scalars of ``_leaf_step``'s math for the kernel (``cpu_step.cc``'s
+  ``Coef``), computed as XLA computes them there: float32, a division by a
+  bias correction as a multiplication by its reciprocal."""
+  f32 = jnp.dtype(jnp.float32)  # the key ``bound`` caches _leaf_step's under
+  tc = t.astype(f32)
+  b1 = moments.cast_hyperparameter(cfg.b1, f32)
+  b2 = moments.cast_hyperparameter(cfg.b2, f32)
+  keep1, rate1, bc1 = moments.ema_coefficients(b1, tc)
+  keep2, rate2, bc2 = moments.ema_coefficients(b2, tc)
+  one = jnp.ones([], f32)
+  inv_bc1 = one / bc1 if cfg.bias_correction_mu else one
+  inv_bc2 = one / bc2 if cfg.bias_correction_nu else one
+  safe = not (_positive(cfg.eps) or _positive(cfg.eps_root))
+  scalars = (
+    rate1, keep1, inv_bc1, rate2, keep2, inv_bc2, cfg.eps, cfg.eps_root,
+    bound(f32) * (1 + BOUND_SLACK), float(safe),
+  )  # fmt: skip
+  return jnp.stack([jnp.asarray(x).astype(f32) for x in scalars])
+
+
+def _native_kernel(g, stored, coef):
+  """``(u, m, v, None)`` of one leaf from ``native.call``."""
+  a = moments._block_axis(tuple(g.shape))
+  rows, rest = math.prod(g.shape[:a]), math.prod(g.shape[a:])
+  parts = []
+  for x in stored[:2]:
+    if moments.is_quantized(x):
+      parts += [x.codes, x.scales]
+    else:
+      parts += [x, jnp.zeros((0,), jnp.float32)]
+  u, mc, ms, vc, vs = native.call(g, *parts, coef, rows=rows, rest=rest)
+  new = [
+    moments.QuantizedMoment(c, s) if moments.is_quantized(x) else c
+    for x, c, s in ((stored[0], mc, ms), (stored[1], vc, vs))
+  ]
+  return u, new[0], new[1], None
 
 
 # Relative allowance above the step bound for float32 rounding (of the step

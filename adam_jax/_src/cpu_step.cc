@@ -1,0 +1,361 @@
+// One Adam step over a leaf whose moments are stored in bfloat16 or block-wise
+// 8 bits (or float32), as a single pass on the CPU: an XLA FFI custom call.
+//
+// XLA:CPU compiles the same step into one loop per output (update, m, v) and,
+// when a moment is stored narrower than it is computed, every loop recomputes
+// the moments from the old state; with the state donated that forces copies of
+// the old state (and, for 8-bit moments, a decode three times over). Here each
+// block of 256 values is decoded, stepped and encoded once, in cache.
+//
+// The math is transform._leaf_step's (and moments.quantize/dequantize's) for
+// the configurations that transform._native_ok sends here, operation for
+// operation, with the scalar coefficients computed by XLA and passed in
+// `coef`: the results equal XLA's bit for bit (tests/test_native.py). Where
+// XLA contracts a multiply and an add into an FMA, so does this code (and
+// nowhere else: it is compiled without -ffp-contract).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kBlock = 256;
+constexpr float kFloatMax = 3.40282347e38f;
+constexpr float kBf16Max = 3.38953139e38f;
+
+// Storage kinds of a moment.
+enum Kind { kF32 = 0, kBF16 = 1, kInt8 = 2 };
+
+// Indices into `coef` (transform._native_coefficients).
+enum Coef {
+  kRate1, kKeep1, kInvBc1, kRate2, kKeep2, kInvBc2, kEps, kEpsRoot, kBound,
+  kSafe, kNumCoef
+};
+
+typedef uint32_t __attribute__((may_alias)) Bits32;
+
+inline uint32_t Bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+
+inline float FromBits(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+
+inline float Bf16ToFloat(uint16_t h) { return FromBits(uint32_t(h) << 16); }
+
+// moments.store(x, bfloat16): saturate at bfloat16's largest finite value,
+// round to nearest even; NaN stays (a quiet) NaN.
+inline uint16_t FloatToBf16(float x) {
+  uint32_t nan = (Bits(x) >> 16) | 0x40;
+  float y = std::min(std::max(x, -kBf16Max), kBf16Max);
+  uint32_t b = Bits(y);
+  b += 0x7FFF + ((b >> 16) & 1);
+  return uint16_t(x != x ? nan : b >> 16);
+}
+
+// Lanes of GCC/Clang vector extensions (split into narrower registers where
+// the machine has none this wide): the 8-bit codec is written with them,
+// since GCC vectorizes its select chains poorly on its own.
+constexpr int kLanes = 16;
+typedef float VF __attribute__((vector_size(4 * kLanes)));
+typedef int32_t VI __attribute__((vector_size(4 * kLanes)));
+
+inline VF Splat(float x) { return VF{} + x; }
+inline VI Splat(int32_t x) { return VI{} + x; }
+
+// moments._indices: the nearest code magnitude index of a in [0, 1], in a
+// code map with decades 0..kTop.
+template <int kTop>
+inline VI Index(VF a) {
+  VF f = a;
+  VI k = Splat(0);
+  for (int i = 0; i < kTop; ++i) {
+    VI small = f < 0.1f;  // -1 where true
+    f = small ? f * 10.0f : f;
+    k -= small;
+  }
+  VI n_int = Splat(1) << (kTop - k);
+  VF n = __builtin_convertvector(n_int, VF);
+  // n / 0.9f, exactly: n is a power of 2, and a quotient's rounding does not
+  // depend on its scale.
+  VF j = k == kTop ? f * n : (f - 0.1f) * (n * (1.0f / 0.9f));
+  // floor(j + 0.5) by truncation: j >= 0 (f >= 0.1 above the last decade).
+  VI r = __builtin_convertvector(j + 0.5f, VI);
+  r = r < n_int ? r : n_int;
+  return n_int - 1 + r;
+}
+
+// moments._magnitudes: the code magnitude of index in [0, 2**(kTop + 1)).
+template <int kTop>
+inline VF Magnitude(VI index) {
+  VI one = Splat(1);
+  VF at_least_one = __builtin_convertvector(index > one ? index : one, VF);
+  VI e = (reinterpret_cast<VI>(at_least_one) >> 23) - 127;  // floor(log2)
+  VI n = one << e;
+  VF inv_n = reinterpret_cast<VF>((127 - e) << 23);
+  VF j = __builtin_convertvector(index - n + 1, VF);
+  VF frac = e == 0 ? j : 0.1f + 0.9f * (j * inv_n);
+  VF decade = Splat(1.0f);
+  float power = 1.0f;
+  for (int k = 1; k <= kTop; ++k) {
+    power = k == 1 ? 0.1f : k == 2 ? 0.01f : k == 3 ? 1e-3f : k == 4 ? 1e-4f
+          : k == 5 ? 1e-5f : k == 6 ? 1e-6f : 1e-7f;
+    decade = e == kTop - k ? Splat(power) : decade;
+  }
+  return index == 0 ? Splat(0.0f) : frac * decade;
+}
+
+// A moment's storage: its values, or 8-bit codes and their blocks' scales.
+struct Moment {
+  int kind;
+  void* data;
+  float* scales;
+  bool is_signed;
+};
+
+// Reads the block [start, start + len) of row `row` (block `blk`) into `out`.
+inline void Load(const Moment& m, int64_t start, int64_t len, int64_t blk,
+                 float* out) {
+  if (m.kind == kF32) {
+    std::memcpy(out, static_cast<const float*>(m.data) + start, len * 4);
+  } else if (m.kind == kBF16) {
+    const uint16_t* d = static_cast<const uint16_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) out[i] = Bf16ToFloat(d[i]);
+  } else {
+    alignas(64) int32_t codes[kBlock];
+    if (m.is_signed) {
+      const int8_t* d = static_cast<const int8_t*>(m.data) + start;
+      for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
+    } else {
+      const uint8_t* d = static_cast<const uint8_t*>(m.data) + start;
+      for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
+    }
+    for (int64_t i = len; i < kBlock; ++i) codes[i] = 0;
+    VF s = Splat(m.scales[blk]);
+    const VI* cv = reinterpret_cast<const VI*>(codes);
+    VF* ov = reinterpret_cast<VF*>(out);
+    if (m.is_signed) {
+      for (int64_t i = 0; i < kBlock / kLanes; ++i) {
+        VI c = cv[i];
+        VF mag = Magnitude<6>(c < 0 ? -c : c);
+        ov[i] = (c < 0 ? -mag : mag) * s;
+      }
+    } else {
+      for (int64_t i = 0; i < kBlock / kLanes; ++i) ov[i] = Magnitude<7>(cv[i]) * s;
+    }
+  }
+}
+
+// Stores `x` (moments.store, or moments.quantize's block for 8-bit).
+inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
+                  const float* x) {
+  if (m.kind == kF32) {
+    std::memcpy(static_cast<float*>(m.data) + start, x, len * 4);
+    return;
+  }
+  if (m.kind == kBF16) {
+    uint16_t* d = static_cast<uint16_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) d[i] = FloatToBf16(x[i]);
+    return;
+  }
+  // x holds kBlock values, zero past len (see StepBlocks). The absmax over
+  // finite values, compared as bits (of |x| >= 0).
+  const VI* xi = reinterpret_cast<const VI*>(x);
+  VI acc = Splat(0);
+  for (int64_t i = 0; i < kBlock / kLanes; ++i) {
+    VI b = xi[i] & 0x7FFFFFFF;
+    VI finite = (b - 0x7F800000) >> 31;  // all ones below inf's bits
+    b &= finite;
+    acc = acc > b ? acc : b;
+  }
+  int32_t s_bits = 0;
+  for (int l = 0; l < kLanes; ++l) s_bits = std::max(s_bits, acc[l]);
+  float s = FromBits(uint32_t(s_bits));
+  m.scales[blk] = s;
+  float pre = s > 0x1p100f ? 0x1p-100f : (s < 0x1p-100f ? 0x1p100f : 1.0f);
+  float inv = 1.0f / (s > 0.0f ? s * pre : 1.0f);
+  alignas(64) int32_t codes[kBlock];
+  const VF* xv = reinterpret_cast<const VF*>(x);
+  VI* cv = reinterpret_cast<VI*>(codes);
+  for (int64_t i = 0; i < kBlock / kLanes; ++i) {
+    VF xs = xv[i];
+    VF mag = reinterpret_cast<VF>(reinterpret_cast<VI>(xs) & 0x7FFFFFFF);
+    VF a = (mag * pre) * inv;
+    a = a < 1.0f ? a : (a >= 1.0f ? Splat(1.0f) : Splat(0.0f));
+    if (m.is_signed) {
+      VI index = Index<6>(a);
+      cv[i] = xs < 0.0f ? -index : index;
+    } else {
+      VI index = Index<7>(a);
+      VI positive = -(xs > 0.0f);
+      cv[i] = index > positive ? index : positive;
+    }
+  }
+  if (m.is_signed) {
+    int8_t* d = static_cast<int8_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) d[i] = int8_t(codes[i]);
+  } else {
+    uint8_t* d = static_cast<uint8_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) d[i] = uint8_t(codes[i]);
+  }
+}
+
+struct Work {
+  const float* g;
+  float* u;
+  Moment m, v;
+  float c[kNumCoef];
+  int64_t rows, rest, blocks_per_row;
+};
+
+// Steps blocks [b0, b1) (numbered row-major over rows x blocks_per_row).
+void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
+  alignas(64) float m[kBlock], v[kBlock], u[kBlock];
+  const float* c = w.c;
+  const bool safe = c[kSafe] != 0.0f;
+  const bool v_f32 = w.v.kind == kF32;
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t row = b / w.blocks_per_row, k = b % w.blocks_per_row;
+    int64_t col = k * kBlock;
+    int64_t len = std::min(kBlock, w.rest - col);
+    int64_t start = row * w.rest + col;
+    Load(w.m, start, len, b, m);
+    Load(w.v, start, len, b, v);
+    const float* g = w.g + start;
+    for (int64_t i = 0; i < len; ++i) {
+      float gc = g[i];
+      float mi = std::fma(c[kRate1], gc, c[kKeep1] * m[i]);
+      float vr = std::min(v[i], kFloatMax);
+      float vi = v_f32 ? std::fma(c[kKeep2], vr, c[kRate2] * (gc * gc))
+                       : std::fma(c[kRate2], gc * gc, c[kKeep2] * vr);
+      vi = vi + (gc - gc);  // NaN for a non-finite gradient
+      // XLA divides by a scalar through its reciprocal.
+      float m_hat = mi * c[kInvBc1];
+      float v_hat = std::min(vi * c[kInvBc2], kFloatMax);
+      float denom = std::sqrt(v_hat + c[kEpsRoot]) + c[kEps];
+      float ui = m_hat / denom;
+      if (safe && m_hat == 0.0f) ui = 0.0f;
+      // clip, NaN stays NaN
+      ui = ui < -c[kBound] ? -c[kBound] : (ui > c[kBound] ? c[kBound] : ui);
+      m[i] = mi;
+      v[i] = vi;
+      u[i] = ui;
+    }
+    for (int64_t i = len; i < kBlock; ++i) m[i] = v[i] = 0.0f;  // Store reads them
+    std::memcpy(w.u + start, u, len * 4);
+    Store(w.m, start, len, b, m);
+    Store(w.v, start, len, b, v);
+  }
+}
+
+Moment MakeMoment(ffi::AnyBuffer codes, ffi::AnyBuffer scales,
+                  ffi::Result<ffi::AnyBuffer> out,
+                  ffi::Result<ffi::AnyBuffer> out_scales) {
+  Moment m;
+  switch (codes.element_type()) {
+    case ffi::DataType::F32: m.kind = kF32; break;
+    case ffi::DataType::BF16: m.kind = kBF16; break;
+    default: m.kind = kInt8; break;
+  }
+  m.is_signed = codes.element_type() == ffi::DataType::S8;
+  m.data = out->untyped_data();
+  m.scales = static_cast<float*>(out_scales->untyped_data());
+  // The outputs alias the inputs (input_output_aliases); copy if XLA chose
+  // not to (the step then reads the input's values from the output).
+  if (codes.untyped_data() != out->untyped_data())
+    std::memcpy(out->untyped_data(), codes.untyped_data(), codes.size_bytes());
+  if (scales.size_bytes() != 0 &&
+      scales.untyped_data() != out_scales->untyped_data())
+    std::memcpy(out_scales->untyped_data(), scales.untyped_data(),
+                scales.size_bytes());
+  return m;
+}
+
+// Tasks shared with the thread pool: every thread (the caller included) takes
+// the next range of blocks until none is left; the caller then waits only for
+// ranges already taken, so it never waits on a task that has not started.
+struct Shared {
+  Work work;
+  int64_t total, grain;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void Drain(Shared& s) {
+  for (;;) {
+    int64_t b0 = s.next.fetch_add(s.grain);
+    if (b0 >= s.total) return;
+    int64_t b1 = std::min(b0 + s.grain, s.total);
+    StepBlocks(s.work, b0, b1);
+    s.done.fetch_add(b1 - b0, std::memory_order_release);
+  }
+}
+
+ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
+                    ffi::AnyBuffer m, ffi::AnyBuffer m_scales,
+                    ffi::AnyBuffer v, ffi::AnyBuffer v_scales,
+                    ffi::Buffer<ffi::F32> coef, ffi::Result<ffi::Buffer<ffi::F32>> u,
+                    ffi::Result<ffi::AnyBuffer> m_out,
+                    ffi::Result<ffi::AnyBuffer> m_scales_out,
+                    ffi::Result<ffi::AnyBuffer> v_out,
+                    ffi::Result<ffi::AnyBuffer> v_scales_out, int64_t rows,
+                    int64_t rest) {
+  if (coef.element_count() != kNumCoef)
+    return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad coefficients");
+  if (rows * rest != static_cast<int64_t>(g.element_count()))
+    return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad rows/rest");
+  auto shared = std::make_shared<Shared>();
+  Work& w = shared->work;
+  w.g = g.typed_data();
+  w.u = u->typed_data();
+  w.m = MakeMoment(m, m_scales, m_out, m_scales_out);
+  w.v = MakeMoment(v, v_scales, v_out, v_scales_out);
+  std::memcpy(w.c, coef.typed_data(), sizeof(w.c));
+  w.rows = rows;
+  w.rest = rest;
+  w.blocks_per_row = rest == 0 ? 0 : (rest + kBlock - 1) / kBlock;
+  shared->total = rows * w.blocks_per_row;
+  // About 64K values a task, at least 4 tasks a thread when there is work.
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  shared->grain =
+      std::max<int64_t>(1, std::min<int64_t>(256, shared->total / (4 * threads)));
+  int64_t helpers = std::min(threads, shared->total / shared->grain) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { Drain(*shared); });
+  Drain(*shared);
+  while (shared->done.load(std::memory_order_acquire) < shared->total)
+    std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxCpuStep, StepImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // g
+                                  .Arg<ffi::AnyBuffer>()         // m
+                                  .Arg<ffi::AnyBuffer>()         // m scales
+                                  .Arg<ffi::AnyBuffer>()         // v
+                                  .Arg<ffi::AnyBuffer>()         // v scales
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // coef
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // u
+                                  .Ret<ffi::AnyBuffer>()         // m
+                                  .Ret<ffi::AnyBuffer>()         // m scales
+                                  .Ret<ffi::AnyBuffer>()         // v
+                                  .Ret<ffi::AnyBuffer>()         // v scales
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("rest"));

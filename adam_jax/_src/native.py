@@ -1,0 +1,186 @@
+"""The one-pass CPU step for low-precision moments (``cpu_step.cc``).
+
+XLA:CPU compiles an Adam step into one loop per output. When a moment is
+stored narrower than it is computed (bfloat16, 8-bit), every loop recomputes
+the moments from the old state, so with the state donated XLA copies the old
+state first (and decodes 8-bit moments three times). ``cpu_step.cc`` does the
+step of one leaf in a single pass over blocks of 256 values, as an XLA FFI
+custom call on the CPU.
+
+The kernel is compiled on first use with the system's C++ compiler against
+the installed jaxlib's FFI headers, into a per-user cache
+(``$ADAM_JAX_CACHE``, else ``~/.cache/adam_jax``); without a compiler, or with
+``ADAM_JAX_NATIVE=0``, every step stays in XLA (the same math; see
+:func:`available`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Any
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+TARGET = "adam_jax_cpu_step"
+_SOURCE = pathlib.Path(__file__).with_name("cpu_step.cc")
+_FLAGS = [
+  "-O3",
+  "-march=native",
+  "-fno-math-errno",
+  "-fno-trapping-math",
+  "-std=c++17",
+  "-shared",
+  "-fPIC",
+  "-w",
+]
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("ADAM_JAX_CACHE")
+  if root:
+    return pathlib.Path(root)
+  return (
+    pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "adam_jax"
+  )
+
+
+def _compiler() -> str | None:
+  return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _build() -> pathlib.Path:
+  """Compiles the kernel (once per source, compiler, jaxlib and machine)."""
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError("no C++ compiler (set CXX, or install g++ or clang++)")
+  include = jax.ffi.include_dir()
+  version = subprocess.run(
+    [cxx, "--version"], capture_output=True, text=True, check=True
+  ).stdout
+  key = hashlib.sha256()
+  for part in (_SOURCE.read_bytes(), version.encode(), jax.__version__.encode()):
+    key.update(part)
+  key.update(" ".join(_FLAGS).encode() + _cpu_flags().encode() + include.encode())
+  out = _cache_dir() / f"cpu_step-{key.hexdigest()[:16]}.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    built = pathlib.Path(tmp) / out.name
+    cmd = [cxx, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", str(built)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    os.replace(built, out)  # atomic: concurrent builds leave one whole file
+  return out
+
+
+def _cpu_flags() -> str:
+  """The CPU's feature flags (``-march=native`` depends on them)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        return line
+  except OSError:
+    pass
+  import platform
+
+  return platform.processor() + platform.machine()
+
+
+def available() -> bool:
+  """Whether the one-pass CPU kernel is compiled and registered with XLA.
+
+  The first call builds it (a few seconds, once per machine); a failure is
+  reported once as a warning and the step stays in XLA.
+  """
+  if "ok" in _state:
+    return _state["ok"]
+  with _lock:
+    if "ok" in _state:
+      return _state["ok"]
+    ok = False
+    if sys.platform == "linux":
+      try:
+        lib = ctypes.CDLL(str(_build()))
+        capsule = jax.ffi.pycapsule(lib.AdamJaxCpuStep)
+        jax.ffi.register_ffi_target(TARGET, capsule, platform="cpu")
+        _state["lib"] = lib
+        ok = True
+      except Exception as e:
+        warnings.warn(
+          f"adam_jax: the one-pass CPU kernel is unavailable ({e}); low-precision"
+          " moments are stepped by XLA instead (same results, slower).",
+          RuntimeWarning,
+          stacklevel=3,
+        )
+    _state["ok"] = ok
+    return ok
+
+
+def enabled() -> bool:
+  """Whether the kernel may be used: ``ADAM_JAX_NATIVE`` (read at trace
+  time) is not ``0`` and the kernel is :func:`available`."""
+  return os.environ.get("ADAM_JAX_NATIVE", "1") != "0" and available()
+
+
+def step(xla_fn, kernel_fn, g, stored, coef):
+  """``kernel_fn(g, stored, coef)`` when lowered for the CPU, else
+  ``xla_fn(g, stored)`` (the same step); derivatives are ``xla_fn``'s."""
+  # Derivatives come from the XLA step; closure_convert makes the values it
+  # closes over (step count, traced hyperparameters) explicit arguments, so
+  # that their tangents are not dropped.
+  xla_conv, consts = jax.closure_convert(xla_fn, g, stored)
+
+  @jax.custom_jvp
+  def both(g, stored, coef, consts):
+    return jax.lax.platform_dependent(
+      g,
+      stored,
+      coef,
+      cpu=kernel_fn,
+      default=lambda g, stored, coef: xla_conv(g, stored, *consts),
+    )
+
+  @both.defjvp
+  def both_jvp(primals, tangents):
+    g, stored, _, consts = primals
+    dg, dstored, _, dconsts = tangents
+    return jax.jvp(
+      lambda g, stored, consts: xla_conv(g, stored, *consts),
+      (g, stored, consts),
+      (dg, dstored, dconsts),
+    )
+
+  return both(g, stored, coef, list(consts))
+
+
+def call(g, m, m_scales, v, v_scales, coef, rows, rest):
+  """The custom call: ``(u, m, m_scales, v, v_scales)``, the state in place.
+
+  ``m_scales`` (``v_scales``) is empty for a moment stored as floats; the update is written over the gradient (XLA copies the gradient
+  first where it is used again), so the step needs no buffer of its own.
+  """
+  state = (m, m_scales, v, v_scales)
+  outs = [
+    jax.ShapeDtypeStruct(g.shape, jnp.float32),
+    *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state),
+  ]
+  aliases = {0: 0, 1: 1, 3: 3}
+  aliases.update({2: 2} if m_scales.size else {})
+  aliases.update({4: 4} if v_scales.size else {})
+  return jax.ffi.ffi_call(
+    TARGET, outs, input_output_aliases=aliases, vmap_method="sequential"
+  )(g, m, m_scales, v, v_scales, coef, rows=rows, rest=rest)

@@ -1,0 +1,274 @@
+"""The one-pass CPU kernel for bfloat16 and 8-bit moments (``native``,
+``cpu_step.cc``) against the XLA step it replaces.
+
+The XLA step is itself tested against independent references (float64 NumPy
+transcriptions, optax, PyTorch) in ``test_quantized.py``, ``test_dtypes.py``
+and the parity tests, which now run through the kernel wherever it applies.
+Here the kernel must give the XLA step's results bit for bit: the update and
+every stored array, over several steps, for every storage pairing, block
+layout and option it accepts.
+"""
+
+import contextlib
+import functools
+import os
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adam_jax
+from adam_jax._src import native
+from tests.conftest import optax_mode
+
+pytestmark = pytest.mark.skipif(
+  sys.platform != "linux", reason="the kernel is built on Linux only"
+)
+
+BF16, F32, INT8 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), "int8"
+STORAGE = {
+  "bf16/bf16": (BF16, BF16),
+  "int8/int8": (INT8, INT8),
+  "int8/bf16": (INT8, BF16),
+  "f32/int8": (F32, INT8),
+  "bf16/f32": (BF16, F32),
+}
+# Blocks along the last axis, partial blocks, blocks over trailing axes.
+SHAPES = [(64, 512), (3, 1000), (5000,), (2, 3, 200), (17, 300)]
+
+
+def test_kernel_is_built_here():
+  """CI machines have a C++ compiler: the kernel must be in use there."""
+  if shutil.which("g++") is None and shutil.which("clang++") is None:
+    pytest.skip("no C++ compiler on this machine")
+  assert native.available()
+  assert native.enabled()
+
+
+def _grads(shape, steps, seed, special=False):
+  """Gradients over 8 decades, with zeros; ``special`` adds NaN, +-inf,
+  float32's extremes and subnormals to the second step."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(steps):
+    g = rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 2, shape)
+    g[rng.random(shape) < 0.05] = 0.0
+    if special and i == 1:
+      flat = g.reshape(-1)
+      flat[:8] = [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-40, -1e-45, 0.0]
+    out.append(jnp.asarray(g, jnp.float32))
+  return out
+
+
+def _run(make, shape, native_on, steps=4, special=False, seed=0, params=False):
+  """``steps`` jitted updates from ``init``; the updates and the last state."""
+  os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
+  try:
+    tx = make()
+    p = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), jnp.float32)
+    state = tx.init(p)
+    update = jax.jit(tx.update)
+    hlo = update.lower(jnp.zeros(shape), state, p).as_text()
+    us = []
+    for g in _grads(shape, steps, seed, special):
+      u, state = update(g, state, p)
+      us.append(u)
+  finally:
+    os.environ.pop("ADAM_JAX_NATIVE")
+  return us, state, hlo
+
+
+def _assert_same(make, shape, exact=True, **kw):
+  """The kernel's updates and final state equal XLA's: bit for bit, or
+  (``exact=False``, where XLA fuses the gradient's own computation into its
+  step and so may contract a multiply-add differently) within 2 ulp of the
+  largest update, one bfloat16 ulp and one 8-bit code."""
+  us, state, hlo = _run(make, shape, True, **kw)
+  ref_us, ref_state, ref_hlo = _run(make, shape, False, **kw)
+  assert native.TARGET in hlo and native.TARGET not in ref_hlo
+  for step, (a, b) in enumerate(zip(us, ref_us, strict=True)):
+    msg = f"update, step {step + 1}"
+    if exact:
+      np.testing.assert_array_equal(a, b, err_msg=msg)
+    else:
+      ulp = np.spacing(np.float32(np.nanmax(np.abs(b))))
+      np.testing.assert_allclose(a, b, rtol=0, atol=2 * ulp, err_msg=msg)
+  leaves, ref_leaves = jax.tree.leaves(state), jax.tree.leaves(ref_state)
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  for a, b in zip(leaves, ref_leaves, strict=True):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if exact:  # as bits: NaNs included (a stored NaN is the same NaN)
+      np.testing.assert_array_equal(_bits(a), _bits(b))
+    elif jnp.issubdtype(a.dtype, jnp.integer):
+      assert np.abs(np.asarray(a, np.int32) - np.asarray(b, np.int32)).max() <= 1
+    else:
+      np.testing.assert_allclose(
+        np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2.0**-7
+      )
+
+
+def _bits(x):
+  x = np.asarray(x)
+  return x.view(f"u{x.dtype.itemsize}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("storage", STORAGE, ids=str)
+def test_bitwise_equal_to_xla(storage, shape):
+  mu, nu = STORAGE[storage]
+  small = {"int8_min_size": 256} if INT8 in (mu, nu) else {}
+  _assert_same(lambda: adam_jax.adam(1e-3, mu_dtype=mu, nu_dtype=nu, **small), shape)
+
+
+@pytest.mark.parametrize("storage", ["bf16/bf16", "int8/int8"])
+def test_nonfinite_and_extreme_gradients(storage):
+  """NaN, inf, float32's largest values and subnormals: the same NaN updates,
+  the same saturated moments and the same codes (a non-finite value poisons
+  only itself) as XLA."""
+  mu, nu = STORAGE[storage]
+  make = lambda: adam_jax.adam(1e-3, mu_dtype=mu, nu_dtype=nu)  # noqa: E731
+  _assert_same(make, (8, 512), special=True)
+  us, _, _ = _run(make, (8, 512), True, special=True)
+  u = np.asarray(us[1]).reshape(-1)
+  assert np.isnan(u[:3]).all() and np.isfinite(u[3:]).all()
+
+
+OPTIONS = {
+  "adamw": lambda mu, nu: adam_jax.adamw(1e-3, mu_dtype=mu, nu_dtype=nu),
+  "no_bias_correction": lambda mu, nu: adam_jax.scale_by_adam(
+    mu_dtype=mu, nu_dtype=nu, bias_correction=False
+  ),
+  "eps_traced_zero": lambda mu, nu: optax.inject_hyperparams(
+    adam_jax.adam, static_args=("int8_min_size",)
+  )(learning_rate=1e-3, eps=0.0, mu_dtype=mu, nu_dtype=nu),
+  "eps_root": lambda mu, nu: adam_jax.adam(
+    1e-3, eps_root=1e-6, mu_dtype=mu, nu_dtype=nu
+  ),
+  "schedule": lambda mu, nu: adam_jax.adam(
+    lambda t: 1e-3 / (1 + t.astype(jnp.float32)),
+    b1=0.8,
+    b2=0.99,
+    mu_dtype=mu,
+    nu_dtype=nu,
+  ),
+  "inject_hyperparams": lambda mu, nu: optax.inject_hyperparams(
+    adam_jax.adam, static_args=("int8_min_size",)
+  )(learning_rate=1e-3, b1=0.85, b2=0.995, eps=1e-7, mu_dtype=mu, nu_dtype=nu),
+  "multisteps": lambda mu, nu: optax.MultiSteps(
+    adam_jax.adam(1e-3, mu_dtype=mu, nu_dtype=nu), every_k_schedule=2
+  ),
+}
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("storage", ["bf16/bf16", "int8/int8"])
+def test_options_bitwise_equal_to_xla(option, storage):
+  mu, nu = STORAGE[storage]
+  # optax's MultiSteps is not written for strict dtype promotion; it hands
+  # the update an average that XLA computes inside its own step.
+  multisteps = option == "multisteps"
+  with optax_mode() if multisteps else contextlib.nullcontext():
+    _assert_same(lambda: OPTIONS[option](mu, nu), (4, 1024), exact=not multisteps)
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: adam_jax.adam(1e-3, mu_dtype=BF16, nu_dtype=BF16, amsgrad=True),
+    lambda: adam_jax.adam(1e-3, mu_dtype=BF16, nu_dtype=BF16, nesterov=True),
+    lambda: adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=INT8, skip_nonfinite=True),
+    lambda: adam_jax.adam(1e-3, mu_dtype=BF16, nu_dtype=BF16, maximize=True),
+    lambda: adam_jax.adam(1e-3, eps=0.0, mu_dtype=BF16, nu_dtype=BF16),
+    lambda: adam_jax.adam(1e-3),
+  ],
+  ids=["amsgrad", "nesterov", "skip_nonfinite", "maximize", "eps_0", "float32"],
+)
+def test_other_configurations_stay_in_xla(make):
+  _, _, hlo = _run(make, (4, 1024), True, steps=1)
+  assert native.TARGET not in hlo
+
+
+def test_state_is_updated_in_place():
+  """With the state donated, the compiled step copies none of it (XLA's own
+  step must copy a narrower-stored state to recompute from it); the
+  gradient is copied once, for the update to be written over."""
+  tx = adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=BF16)
+  p = jnp.ones((512, 512))
+
+  def step(p, state, g):
+    u, state = tx.update(g, state, p)
+    return optax.apply_updates(p, u), state
+
+  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(p, tx.init(p), p).compile().as_text()
+  entry = hlo[hlo.index("ENTRY") :]
+  copies = [line for line in entry.splitlines() if " copy(" in line]
+  assert len(copies) == 1 and "f32[512,512]" in copies[0], copies
+
+
+def test_jvp_and_vmap():
+  """Derivatives come from the XLA step (the kernel has none), including
+  through a traced hyperparameter; vmap runs the kernel per example."""
+  g = _grads((4, 512), 1, 3)[0]
+
+  def update(b1, g, native_on):
+    os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
+    try:
+      tx = optax.inject_hyperparams(adam_jax.adam)(
+        learning_rate=1e-3, b1=b1, mu_dtype=INT8, nu_dtype=BF16
+      )
+      state = tx.init(g)
+      state = tx.update(g, state)[1]
+      return tx.update(g * 0.5, state)[0]
+    finally:
+      os.environ.pop("ADAM_JAX_NATIVE")
+
+  got, want = (
+    jax.jvp(functools.partial(update, native_on=on), (0.9, g), (1.0, g))
+    for on in (True, False)
+  )
+  # The same XLA math, compiled inside jvp in other fusions: FMA contraction
+  # may round elements differently, and the tangent's terms cancel.
+  for a, b in zip(got, want, strict=True):
+    scale = np.abs(np.asarray(b)).max()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
+  assert np.abs(np.asarray(got[1])).max() > 0  # d/db1 and d/dg are not zero
+
+  batch = jnp.stack(_grads((3, 4, 512), 1, 4)[0])
+  tx = adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=INT8)
+  results = []
+  for native_on in (True, False):
+    os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
+    try:
+      results.append(jax.jit(jax.vmap(lambda g: tx.update(g, tx.init(g))[0]))(batch))
+    finally:
+      os.environ.pop("ADAM_JAX_NATIVE")
+  np.testing.assert_array_equal(*results)
+
+
+def test_build_failure_falls_back_to_xla(monkeypatch, tmp_path):
+  """Without a working compiler the kernel is reported unavailable once, with
+  a warning naming the cause, and the step runs in XLA."""
+  monkeypatch.setattr(native, "_state", {})
+  monkeypatch.setenv("ADAM_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "false")
+  with pytest.warns(RuntimeWarning, match="kernel is unavailable"):
+    assert not native.available()
+  assert not native.enabled()  # reported once: no second warning
+  _, _, hlo = _run(
+    lambda: adam_jax.adam(1e-3, mu_dtype=BF16, nu_dtype=BF16), (8, 256), True, steps=1
+  )
+  assert native.TARGET not in hlo
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+  """One build per source, compiler, jaxlib and machine: a second build
+  returns the same file without compiling."""
+  monkeypatch.setenv("ADAM_JAX_CACHE", str(tmp_path))
+  first = native._build()
+  stamp = first.stat().st_mtime_ns
+  assert native._build() == first and first.stat().st_mtime_ns == stamp
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]

@@ -134,7 +134,11 @@ def test_state_formats_table(tmp_path):
     assert results[key]["state_bytes"] == nbytes, key
     assert len(results[key]["step_s"]) == 2
     assert math.isfinite(results[key]["ratio_to_adam_jax"]), key
+    assert len(results[key]["train_step_s"]) == 2
+    assert math.isfinite(results[key]["train_ratio_to_adam_jax"]), key
   assert results["adam_jax"]["ratio_to_adam_jax"] == 1.0
+  assert results["adam_jax"]["train_ratio_to_adam_jax"] == 1.0
+  assert "train_step_s" not in results["optax"]
   assert "optimizer state formats" in proc.stdout
   assert benchmarks.format_table(result) in proc.stdout
 

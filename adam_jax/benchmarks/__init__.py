@@ -51,6 +51,13 @@ and the benchmark measures:
 
 ``per_leaf=True`` also times ``adam_jax.adam(1e-3, pack_small_leaves=False)`` (compile time and
 step ratio to optax).
+
+``state_formats=True`` also times adam_jax with bfloat16 and 8-bit moments
+against float32 moments, in the step above and in a training step whose
+gradient is computed in the jitted step (a least-squares loss: a linear layer
+over each matrix's first axis, batch ``TRAIN_BATCH``, and an elementwise scale
+for each vector): there the gradient's buffer is free after the update, as
+in training, where the step above must keep its ``grads`` argument.
 """
 
 from __future__ import annotations
@@ -335,6 +342,48 @@ def _tree_floor_step(params: Any, grads: Any) -> Any:
   return jax.tree.map(lambda p, g: p - LEARNING_RATE * g, params, grads)
 
 
+# The ``--state-formats`` training step: the gradient of a least-squares loss
+# computed in the jitted step, so that (as in training) it is produced there
+# rather than an input the step must keep. A leaf of two or more axes is a
+# linear layer over its first axis (batch TRAIN_BATCH): its gradient is a
+# matmul's output in the leaf's shape. A vector (or scalar) scales its input
+# elementwise: its gradient is elementwise too, which XLA may fuse into the
+# optimizer's own loops.
+TRAIN_BATCH = 8
+TRAIN_SEED = 2
+
+
+def _train_inputs(params: Any) -> Any:
+  """An input for each leaf: ``(TRAIN_BATCH, p.shape[0])`` for a leaf of two
+  or more axes, else an array of the leaf's shape."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(TRAIN_SEED), len(leaves))
+  inputs = [
+    jax.random.normal(
+      k, (TRAIN_BATCH, p.shape[0]) if p.ndim >= 2 else p.shape, jnp.float32
+    )
+    for k, p in zip(keys, leaves, strict=True)
+  ]
+  return jax.tree.unflatten(treedef, inputs)
+
+
+def _least_squares(params: Any, inputs: Any) -> jax.Array:
+  total = jnp.zeros([], jnp.float32)
+  for p, x in zip(jax.tree.leaves(params), jax.tree.leaves(inputs), strict=True):
+    y = jnp.tensordot(x, p, axes=1) if p.ndim >= 2 else x * p
+    total = total + jnp.sum(jnp.square(y - 1))
+  return total
+
+
+def _make_train_step(tx: optax.GradientTransformation) -> Callable[..., Any]:
+  def train_step(params: Any, state: Any, inputs: Any) -> tuple[Any, Any]:
+    grads = jax.grad(_least_squares)(params, inputs)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return train_step
+
+
 @dataclasses.dataclass
 class _Variant:
   """One timed function: its compiled executable and the carried inputs."""
@@ -347,6 +396,9 @@ class _Variant:
   compile_s: list[float] = dataclasses.field(default_factory=list)
   step_s: list[float] = dataclasses.field(default_factory=list)
   state_bytes: int | None = None
+  # --state-formats: this optimizer's training step (see _make_train_step).
+  train_s: list[float] = dataclasses.field(default_factory=list)
+  train_ratio: float | None = None
 
 
 STATE_FORMATS: dict[str, Any] = {"bf16": jnp.bfloat16, "int8": "int8"}
@@ -439,7 +491,18 @@ def _bench_tree(
     ),
     extra=(flat_values(GRADS_SEED, 1e-3),),
   )
-  jax.block_until_ready([v.carry for v in variants.values()] + [flat.carry, flat.extra])
+  trains: dict[str, _Variant] = {}
+  if state_formats:
+    inputs = _train_inputs(grads)
+    for key, make in optimizers.items():
+      if key.startswith("adam_jax") and key != "adam_jax_per_leaf":
+        params = build_tree(name, quick=quick)
+        trains[key] = _Variant(
+          f"train_{key}", carry=(params, make().init(params)), extra=(inputs,)
+        )
+  jax.block_until_ready(
+    [v.carry for v in (*variants.values(), *trains.values())] + [flat.carry, flat.extra]
+  )
   log(f"{prefix} {name}: {n_params:,} params in {n_leaves} leaves")
 
   for rep in range(compile_repeats):
@@ -464,7 +527,13 @@ def _bench_tree(
   floor.lower_s.append(lower_s)
   floor.compile_s.append(compile_s)
 
-  timed = [*variants.values(), flat, floor]
+  for key, v in trains.items():
+    log(f"{prefix} {name}: compiling the training step of {key}")
+    v.compiled, _, _ = _timed_compile(
+      _make_train_step(optimizers[key]()), (0, 1), v.carry + v.extra
+    )
+
+  timed = [*variants.values(), flat, floor, *trains.values()]
   log(
     f"{prefix} {name}: timing {WARMUP_ROUNDS} warm-up + {steps} rounds of {len(timed)} steps"
   )
@@ -483,7 +552,15 @@ def _bench_tree(
   flat_s = flat.step_s
   optax_compile = _median(variants["optax"].compile_s)
   records: dict[str, Any] = {}
+  for key, v in trains.items():
+    float32_train_s = trains["adam_jax"].step_s
+    variants[key].train_s = v.step_s
+    variants[key].train_ratio = _median(
+      a / b for a, b in zip(v.step_s, float32_train_s, strict=True)
+    )
   for v in timed:
+    if v.key.startswith("train_"):
+      continue
     step_median = _median(v.step_s)
     record: dict[str, Any] = {
       "step_median_s": step_median,
@@ -511,13 +588,17 @@ def _bench_tree(
       record["ratio_to_adam_jax"] = _median(
         a / b for a, b in zip(v.step_s, float32_s, strict=True)
       )
+      if v.train_s:
+        record["train_step_median_s"] = _median(v.train_s)
+        record["train_step_s"] = v.train_s
+        record["train_ratio_to_adam_jax"] = v.train_ratio
     records[v.key] = record
   ours = records["adam_jax"]
   log(
     f"{prefix} {name}: step adam_jax/optax {ours['ratio_to_optax']:.3f}, "
     f"compile adam_jax/optax {ours['compile_ratio_to_optax']:.2f}"
   )
-  del variants, flat, floor, timed, grads, leaves
+  del variants, flat, floor, timed, grads, leaves, trains
   gc.collect()
   return {
     "tree": name,
@@ -638,7 +719,11 @@ def run(
     to their medians, raw per-round step times and compile times in seconds,
     effective GB/s and ratios; the optimizers also have ``state_bytes``,
     ``state_bytes_per_param`` and ``ratio_to_adam_jax`` (step time over
-    adam_jax's with float32 state, the median of per-round ratios).
+    adam_jax's with float32 state, the median of per-round ratios); with
+    ``state_formats``, adam_jax's also have ``train_step_median_s``,
+    ``train_step_s`` and ``train_ratio_to_adam_jax``, the same for a training
+    step (``_make_train_step``: the gradient of a least-squares loss,
+    computed in the step).
 
   Raises:
     ValueError: for an unknown tree name, ``steps < 1`` or
@@ -779,6 +864,8 @@ STATE_FORMAT_COLUMNS: tuple[tuple[str, str], ...] = (
   ("", "compile s"),
   ("", "step ms"),
   ("", "step / float32"),
+  ("training step", "ms"),
+  ("training step", "/ float32"),
 )
 """The columns of the ``--state-formats`` table."""
 
@@ -797,6 +884,8 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
           _fmt_s(r["compile_median_s"]),
           _fmt_ms(r["step_median_s"]),
           f"{r['ratio_to_adam_jax']:.2f}",
+          _fmt_ms(r["train_step_median_s"]),
+          f"{r['train_ratio_to_adam_jax']:.2f}",
         ]
       )
   return [
@@ -805,6 +894,10 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
     "step / float32: the median of per-round ratios to adam_jax with float32 moments"
     " (interleaved in the same rounds). int8 applies to tensors of at least 4096"
     " elements; smaller ones keep float32 moments.",
+    f"training step: the gradient of a least-squares loss computed in the jitted"
+    f" step (a linear layer over each matrix's first axis, batch {TRAIN_BATCH};"
+    " vectors scale their input), then the update and apply_updates: the"
+    " gradient is produced in the step, as in training, not an input it must keep.",
   ]
 
 

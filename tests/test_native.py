@@ -64,10 +64,19 @@ def _grads(shape, steps, seed, special=False):
   return out
 
 
-def _run(make, shape, native_on, steps=4, special=False, seed=0, params=False):
-  """``steps`` jitted updates from ``init``; the updates and the last state."""
-  os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
+@contextlib.contextmanager
+def _native(on):
+  """Traces inside run with the kernel on or off (``ADAM_JAX_NATIVE``)."""
+  os.environ["ADAM_JAX_NATIVE"] = "1" if on else "0"
   try:
+    yield
+  finally:
+    os.environ.pop("ADAM_JAX_NATIVE")
+
+
+def _run(make, shape, native_on, steps=4, special=False, seed=0):
+  """``steps`` jitted updates from ``init``; the updates and the last state."""
+  with _native(native_on):
     tx = make()
     p = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(shape), jnp.float32)
     state = tx.init(p)
@@ -77,8 +86,6 @@ def _run(make, shape, native_on, steps=4, special=False, seed=0, params=False):
     for g in _grads(shape, steps, seed, special):
       u, state = update(g, state, p)
       us.append(u)
-  finally:
-    os.environ.pop("ADAM_JAX_NATIVE")
   return us, state, hlo
 
 
@@ -215,16 +222,13 @@ def test_jvp_and_vmap():
   g = _grads((4, 512), 1, 3)[0]
 
   def update(b1, g, native_on):
-    os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
-    try:
+    with _native(native_on):
       tx = optax.inject_hyperparams(adam_jax.adam)(
         learning_rate=1e-3, b1=b1, mu_dtype=INT8, nu_dtype=BF16
       )
       state = tx.init(g)
       state = tx.update(g, state)[1]
       return tx.update(g * 0.5, state)[0]
-    finally:
-      os.environ.pop("ADAM_JAX_NATIVE")
 
   got, want = (
     jax.jvp(functools.partial(update, native_on=on), (0.9, g), (1.0, g))
@@ -237,15 +241,17 @@ def test_jvp_and_vmap():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
   assert np.abs(np.asarray(got[1])).max() > 0  # d/db1 and d/dg are not zero
 
-  batch = jnp.stack(_grads((3, 4, 512), 1, 4)[0])
+  batch = jnp.stack(_grads((3, 4, 1024), 1, 4)[0])  # 4096 per example: 8-bit
   tx = adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=INT8)
+  # The state is an input (a zero state made inside the step would be folded
+  # into XLA's arithmetic, and round differently).
+  state = jax.vmap(tx.init)(batch)
   results = []
   for native_on in (True, False):
-    os.environ["ADAM_JAX_NATIVE"] = "1" if native_on else "0"
-    try:
-      results.append(jax.jit(jax.vmap(lambda g: tx.update(g, tx.init(g))[0]))(batch))
-    finally:
-      os.environ.pop("ADAM_JAX_NATIVE")
+    with _native(native_on):
+      batched = jax.jit(jax.vmap(lambda g, s: tx.update(g, s)[0]))
+      assert (native.TARGET in batched.lower(batch, state).as_text()) == native_on
+      results.append(batched(batch, state))
   np.testing.assert_array_equal(*results)
 
 

@@ -109,13 +109,9 @@ inline VF Magnitude(VI index) {
   VF inv_n = reinterpret_cast<VF>((127 - e) << 23);
   VF j = __builtin_convertvector(index - n + 1, VF);
   VF frac = e == 0 ? j : 0.1f + 0.9f * (j * inv_n);
+  constexpr float kPowers[] = {1.0f, 0.1f, 0.01f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f};
   VF decade = Splat(1.0f);
-  float power = 1.0f;
-  for (int k = 1; k <= kTop; ++k) {
-    power = k == 1 ? 0.1f : k == 2 ? 0.01f : k == 3 ? 1e-3f : k == 4 ? 1e-4f
-          : k == 5 ? 1e-5f : k == 6 ? 1e-6f : 1e-7f;
-    decade = e == kTop - k ? Splat(power) : decade;
-  }
+  for (int k = 1; k <= kTop; ++k) decade = e == kTop - k ? Splat(kPowers[k]) : decade;
   return index == 0 ? Splat(0.0f) : frac * decade;
 }
 

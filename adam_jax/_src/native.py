@@ -11,7 +11,7 @@ The kernel is compiled on first use with the system's C++ compiler against
 the installed jaxlib's FFI headers, into a per-user cache
 (``$ADAM_JAX_CACHE``, else ``~/.cache/adam_jax``); without a compiler, or with
 ``ADAM_JAX_NATIVE=0``, every step stays in XLA (the same math; see
-:func:`available`).
+:func:`available` and :func:`enabled`).
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ def step(xla_fn, kernel_fn, g, stored, coef):
 def call(g, m, m_scales, v, v_scales, coef, rows, rest):
   """The custom call: ``(u, m, m_scales, v, v_scales)``, the state in place.
 
-  ``m_scales`` (``v_scales``) is empty for a moment stored as floats; the update is written over the gradient (XLA copies the gradient
-  first where it is used again), so the step needs no buffer of its own.
+  ``m_scales`` (``v_scales``) is empty for a moment stored as floats. The
+  update is written over the gradient (XLA copies the gradient first where it
+  is used again), so the step needs no buffer of its own.
   """
   state = (m, m_scales, v, v_scales)
   outs = [

@@ -231,10 +231,10 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
 def _native_ok(cfg: _Config, g: Any, stored: tuple[Any, Any, Any]) -> bool:
   """Whether ``native``'s one-pass CPU kernel steps this leaf: plain Adam
   moments (any decay rates, eps_root and bias corrections; eps other than a
-  Python 0) of a real float32 gradient, at least one of them stored narrower (bfloat16
-  or 8-bit) and the other in bfloat16, 8 bits or float32, in a one-device
-  CPU process (the kernel does not partition over devices). Coupled weight
-  decay and ``skip_nonfinite`` stay in XLA."""
+  Python 0) of a real float32 gradient, at least one of them stored narrower
+  (bfloat16 or 8-bit) and the other in bfloat16, 8 bits or float32, in a
+  one-device CPU process (the kernel does not partition over devices).
+  Coupled weight decay and ``skip_nonfinite`` stay in XLA."""
   m, v, v_max = stored
   plain = cfg.norm == "l2" and not (
     cfg.nesterov or cfg.amsgrad or cfg.eps_hat or cfg.maximize

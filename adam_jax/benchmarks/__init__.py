@@ -396,9 +396,6 @@ class _Variant:
   compile_s: list[float] = dataclasses.field(default_factory=list)
   step_s: list[float] = dataclasses.field(default_factory=list)
   state_bytes: int | None = None
-  # --state-formats: this optimizer's training step (see _make_train_step).
-  train_s: list[float] = dataclasses.field(default_factory=list)
-  train_ratio: float | None = None
 
 
 STATE_FORMATS: dict[str, Any] = {"bf16": jnp.bfloat16, "int8": "int8"}
@@ -495,7 +492,7 @@ def _bench_tree(
   if state_formats:
     inputs = _train_inputs(grads)
     for key, make in optimizers.items():
-      if key.startswith("adam_jax") and key != "adam_jax_per_leaf":
+      if key == "adam_jax" or key.removeprefix("adam_jax_") in STATE_FORMATS:
         params = build_tree(name, quick=quick)
         trains[key] = _Variant(
           f"train_{key}", carry=(params, make().init(params)), extra=(inputs,)
@@ -552,15 +549,7 @@ def _bench_tree(
   flat_s = flat.step_s
   optax_compile = _median(variants["optax"].compile_s)
   records: dict[str, Any] = {}
-  for key, v in trains.items():
-    float32_train_s = trains["adam_jax"].step_s
-    variants[key].train_s = v.step_s
-    variants[key].train_ratio = _median(
-      a / b for a, b in zip(v.step_s, float32_train_s, strict=True)
-    )
-  for v in timed:
-    if v.key.startswith("train_"):
-      continue
+  for v in (*variants.values(), flat, floor):
     step_median = _median(v.step_s)
     record: dict[str, Any] = {
       "step_median_s": step_median,
@@ -588,10 +577,13 @@ def _bench_tree(
       record["ratio_to_adam_jax"] = _median(
         a / b for a, b in zip(v.step_s, float32_s, strict=True)
       )
-      if v.train_s:
-        record["train_step_median_s"] = _median(v.train_s)
-        record["train_step_s"] = v.train_s
-        record["train_ratio_to_adam_jax"] = v.train_ratio
+      train = trains.get(v.key)
+      if train is not None:  # its training step, against float32 moments'
+        record["train_step_median_s"] = _median(train.step_s)
+        record["train_step_s"] = train.step_s
+        record["train_ratio_to_adam_jax"] = _median(
+          a / b for a, b in zip(train.step_s, trains["adam_jax"].step_s, strict=True)
+        )
     records[v.key] = record
   ours = records["adam_jax"]
   log(

@@ -7,6 +7,11 @@
 // the old state (and, for 8-bit moments, a decode three times over). Here each
 // block of 256 values is decoded, stepped and encoded once, in cache.
 //
+// The same call steps the members of a packed chunk (transform.chunk_step):
+// the gradient leaves are read where they are and the updates written to one
+// buffer each, in place of XLA's concatenation of the gradients, its loops
+// over the chunk and the slices of the update.
+//
 // The math is transform._leaf_step's (and moments.quantize/dequantize's) for
 // the configurations that transform._native_ok sends here, operation for
 // operation, with the scalar coefficients computed by XLA and passed in
@@ -20,6 +25,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <vector>
+
+#include <sys/mman.h>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
@@ -210,28 +218,45 @@ inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
   }
 }
 
-struct Work {
+// One gradient leaf and its part of the state: its values are the state's
+// [offset, offset + rows * rest), blocked along `rest` (a leaf alone: offset 0;
+// a member of a packed chunk: rows 1, its offset in the chunk, a multiple of
+// kBlock when the state is 8-bit).
+struct Segment {
   const float* g;
   float* u;
-  Moment m, v;
-  float c[kNumCoef];
-  int64_t rows, rest, blocks_per_row;
+  int64_t offset, rows, rest, blocks_per_row, first_block;
 };
 
-// Steps blocks [b0, b1) (numbered row-major over rows x blocks_per_row).
+struct Work {
+  Moment m, v;
+  float c[kNumCoef];
+  std::vector<Segment> segs;
+};
+
+// Steps blocks [b0, b1), numbered over the segments in order (each segment's
+// row-major over rows x blocks_per_row).
 void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
   alignas(64) float m[kBlock], v[kBlock], u[kBlock];
   const float* c = w.c;
   const bool safe = c[kSafe] != 0.0f;
   const bool v_f32 = w.v.kind == kF32;
+  // The segment holding b0 (segments are few: a linear scan).
+  size_t s = 0;
+  while (s + 1 < w.segs.size() && w.segs[s + 1].first_block <= b0) ++s;
   for (int64_t b = b0; b < b1; ++b) {
-    int64_t row = b / w.blocks_per_row, k = b % w.blocks_per_row;
+    while (s + 1 < w.segs.size() && w.segs[s + 1].first_block <= b) ++s;
+    const Segment& seg = w.segs[s];
+    int64_t local = b - seg.first_block;
+    int64_t row = local / seg.blocks_per_row, k = local % seg.blocks_per_row;
     int64_t col = k * kBlock;
-    int64_t len = std::min(kBlock, w.rest - col);
-    int64_t start = row * w.rest + col;
-    Load(w.m, start, len, b, m);
-    Load(w.v, start, len, b, v);
-    const float* g = w.g + start;
+    int64_t len = std::min(kBlock, seg.rest - col);
+    int64_t at = row * seg.rest + col;  // in the leaf
+    int64_t start = seg.offset + at;    // in the state
+    int64_t blk = seg.offset / kBlock + local;
+    Load(w.m, start, len, blk, m);
+    Load(w.v, start, len, blk, v);
+    const float* g = seg.g + at;
     for (int64_t i = 0; i < len; ++i) {
       float gc = g[i];
       float mi = std::fma(c[kRate1], gc, c[kKeep1] * m[i]);
@@ -252,9 +277,9 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
       u[i] = ui;
     }
     for (int64_t i = len; i < kBlock; ++i) m[i] = v[i] = 0.0f;  // Store reads them
-    std::memcpy(w.u + start, u, len * 4);
-    Store(w.m, start, len, b, m);
-    Store(w.v, start, len, b, v);
+    std::memcpy(seg.u + at, u, len * 4);
+    Store(w.m, start, len, blk, m);
+    Store(w.v, start, len, blk, v);
   }
 }
 
@@ -301,38 +326,68 @@ void Drain(Shared& s) {
   }
 }
 
-ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
-                    ffi::AnyBuffer m, ffi::AnyBuffer m_scales,
+// A large update buffer that XLA allocated for this step (not the gradient's)
+// is usually fresh memory: ask for huge pages before its first write, so that
+// writing it costs a few page faults rather than one per 4 KiB.
+void Huge(void* p, int64_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < int64_t(4 * kHuge)) return;
+  uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+}
+
+ffi::Error StepImpl(ffi::ThreadPool pool, ffi::AnyBuffer m, ffi::AnyBuffer m_scales,
                     ffi::AnyBuffer v, ffi::AnyBuffer v_scales,
-                    ffi::Buffer<ffi::F32> coef, ffi::Result<ffi::Buffer<ffi::F32>> u,
+                    ffi::Buffer<ffi::F32> coef, ffi::RemainingArgs grads,
                     ffi::Result<ffi::AnyBuffer> m_out,
                     ffi::Result<ffi::AnyBuffer> m_scales_out,
                     ffi::Result<ffi::AnyBuffer> v_out,
-                    ffi::Result<ffi::AnyBuffer> v_scales_out, int64_t rows,
-                    int64_t rest) {
+                    ffi::Result<ffi::AnyBuffer> v_scales_out,
+                    ffi::RemainingRets updates, ffi::Span<const int64_t> offsets,
+                    ffi::Span<const int64_t> rows, ffi::Span<const int64_t> rests) {
+  size_t n = grads.size();
   if (coef.element_count() != kNumCoef)
     return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad coefficients");
-  if (rows * rest != static_cast<int64_t>(g.element_count()))
-    return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad rows/rest");
+  if (updates.size() != n || offsets.size() != n || rows.size() != n ||
+      rests.size() != n)
+    return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad leaf count");
   auto shared = std::make_shared<Shared>();
   Work& w = shared->work;
-  w.g = g.typed_data();
-  w.u = u->typed_data();
   w.m = MakeMoment(m, m_scales, m_out, m_scales_out);
   w.v = MakeMoment(v, v_scales, v_out, v_scales_out);
   std::memcpy(w.c, coef.typed_data(), sizeof(w.c));
-  w.rows = rows;
-  w.rest = rest;
-  w.blocks_per_row = rest == 0 ? 0 : (rest + kBlock - 1) / kBlock;
-  shared->total = rows * w.blocks_per_row;
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    auto g = grads.get<ffi::Buffer<ffi::F32>>(i);
+    auto u = updates.get<ffi::Buffer<ffi::F32>>(i);
+    if (!g.has_value() || !u.has_value())
+      return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad gradient");
+    if (rows[i] * rests[i] != static_cast<int64_t>(g->element_count()) ||
+        offsets[i] + rows[i] * rests[i] > static_cast<int64_t>(m.element_count()))
+      return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad leaf layout");
+    Segment seg;
+    seg.g = g->typed_data();
+    seg.u = (*u)->typed_data();
+    seg.offset = offsets[i];
+    seg.rows = rows[i];
+    seg.rest = rests[i];
+    seg.blocks_per_row = rests[i] == 0 ? 0 : (rests[i] + kBlock - 1) / kBlock;
+    seg.first_block = total;
+    if (seg.u != seg.g) Huge(seg.u, rows[i] * rests[i] * 4);
+    total += seg.rows * seg.blocks_per_row;
+    if (seg.blocks_per_row) w.segs.push_back(seg);
+  }
+  shared->total = total;
+  if (total == 0) return ffi::Error::Success();
   // About 64K values a task, at least 4 tasks a thread when there is work.
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
   shared->grain =
-      std::max<int64_t>(1, std::min<int64_t>(256, shared->total / (4 * threads)));
-  int64_t helpers = std::min(threads, shared->total / shared->grain) - 1;
+      std::max<int64_t>(1, std::min<int64_t>(256, total / (4 * threads)));
+  int64_t helpers = std::min(threads, total / shared->grain) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { Drain(*shared); });
   Drain(*shared);
-  while (shared->done.load(std::memory_order_acquire) < shared->total)
+  while (shared->done.load(std::memory_order_acquire) < total)
     std::this_thread::yield();
   return ffi::Error::Success();
 }
@@ -342,16 +397,17 @@ ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxCpuStep, StepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // g
                                   .Arg<ffi::AnyBuffer>()         // m
                                   .Arg<ffi::AnyBuffer>()         // m scales
                                   .Arg<ffi::AnyBuffer>()         // v
                                   .Arg<ffi::AnyBuffer>()         // v scales
                                   .Arg<ffi::Buffer<ffi::F32>>()  // coef
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // u
+                                  .RemainingArgs()               // gradients
                                   .Ret<ffi::AnyBuffer>()         // m
                                   .Ret<ffi::AnyBuffer>()         // m scales
                                   .Ret<ffi::AnyBuffer>()         // v
                                   .Ret<ffi::AnyBuffer>()         // v scales
-                                  .Attr<int64_t>("rows")
-                                  .Attr<int64_t>("rest"));
+                                  .RemainingRets()               // updates
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<ffi::Span<const int64_t>>("rows")
+                                  .Attr<ffi::Span<const int64_t>>("rests"));

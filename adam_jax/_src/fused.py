@@ -269,7 +269,9 @@ def zeros(
   return PackedMoments(layout, tuple(own), tuple(chunks))
 
 
-def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves, one):
+def packed_step(
+  layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves, one, chunk_step=None
+):
   """Runs ``leaf_step`` over ``layout``: each own leaf alone, each chunk once.
 
   Args:
@@ -280,6 +282,10 @@ def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves,
     p_leaves, wd_leaves: per leaf, the parameter and coupled decay rate (or
       None).
     one: a float32 scalar equal to 1 that XLA cannot see is 1 (e.g. ``t / t``).
+    chunk_step: optional ``(xla_chunk, gs, offsets, moments) -> (us, *moments)``
+      for a chunk whose members do not decay: ``xla_chunk(gs, moments)`` is
+      the step above (concatenate, ``leaf_step``, slice), which it may run
+      another way (``transform``: the CPU kernel, on the leaves themselves).
 
   Returns:
     ``(u_leaves, new_moments)``: the updates per leaf and each moment as a
@@ -308,12 +314,21 @@ def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves,
     if len(cdts) == 1:
       (cdt,) = cdts
       size = layout.chunk_sizes[chunk]
-      g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
-      p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt, size)
-      u_flat, *new = leaf_step(g_flat, ms, p_flat, wd)
-      u_flat = _materialized(u_flat, one)
-      for i, offset in members:
-        u_leaves[i] = _cut(u_flat, offset, layout.shapes[i], g_leaves[i].dtype)
+
+      def xla_chunk(gs, ms, members=members, size=size, cdt=cdt):
+        g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
+        p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt, size)
+        u_flat, *new = leaf_step(g_flat, ms, p_flat, wd)
+        u_flat = _materialized(u_flat, one)
+        us = [_cut(u_flat, o, layout.shapes[i], g_leaves[i].dtype) for i, o in members]
+        return us, *new
+
+      if chunk_step is None or any(wd_leaves[i] is not None for i, _ in members):
+        us, *new = xla_chunk(gs, ms)
+      else:
+        us, *new = chunk_step(xla_chunk, gs, [o for _, o in members], ms)
+      for (i, _), u in zip(members, us, strict=True):
+        u_leaves[i] = u
     else:  # gradients of unlike precision: the leaves one by one
       new = _chunk_by_leaf(
         layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, u_leaves

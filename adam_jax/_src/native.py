@@ -5,7 +5,9 @@ stored narrower than it is computed (bfloat16, 8-bit), every loop recomputes
 the moments from the old state, so with the state donated XLA copies the old
 state first (and decodes 8-bit moments three times). ``cpu_step.cc`` does the
 step of one leaf in a single pass over blocks of 256 values, as an XLA FFI
-custom call on the CPU.
+custom call on the CPU. It also steps the members of a packed chunk (any
+moment storage, float32 included) from the gradient leaves themselves, where
+XLA concatenates them, steps the chunk and slices the update.
 
 The kernel is compiled on first use with the system's C++ compiler against
 the installed jaxlib's FFI headers, into a per-user cache
@@ -30,6 +32,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TARGET = "adam_jax_cpu_step"
 _SOURCE = pathlib.Path(__file__).with_name("cpu_step.cc")
@@ -167,21 +170,32 @@ def step(xla_fn, kernel_fn, g, stored, coef):
   return both(g, stored, coef, list(consts))
 
 
-def call(g, m, m_scales, v, v_scales, coef, rows, rest):
-  """The custom call: ``(u, m, m_scales, v, v_scales)``, the state in place.
+def call(grads, m, m_scales, v, v_scales, coef, layout):
+  """The custom call: ``(m, m_scales, v, v_scales, *updates)``, the state in
+  place.
 
-  ``m_scales`` (``v_scales``) is empty for a moment stored as floats. The
-  update is written over the gradient (XLA copies the gradient first where it
-  is used again), so the step needs no buffer of its own.
+  ``grads`` are float32 gradient leaves; ``layout`` holds, per leaf, its
+  ``(offset, rows, rest)`` in the state (one leaf: ``(0, rows, rest)``, its
+  blocks along ``rest``; the members of a packed chunk: ``(offset, 1,
+  size)``). ``m_scales`` (``v_scales``) is empty for a moment stored as
+  floats.
+
+  The updates are new buffers, not written over the gradients: XLA would
+  copy a gradient that is the step's argument first (into fresh memory,
+  faulted in 4 KiB pages), where a new buffer is written once, and the kernel
+  asks for huge pages for it. (Measured, 1x16M bfloat16 moments: the update
+  step 2.17x float32 moments' time with the gradient's buffer, 1.38x without;
+  a training step whose gradient is a temporary 1.91x and 2.30x.)
   """
   state = (m, m_scales, v, v_scales)
   outs = [
-    jax.ShapeDtypeStruct(g.shape, jnp.float32),
     *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state),
+    *(jax.ShapeDtypeStruct(g.shape, jnp.float32) for g in grads),
   ]
-  aliases = {0: 0, 1: 1, 3: 3}
-  aliases.update({2: 2} if m_scales.size else {})
-  aliases.update({4: 4} if v_scales.size else {})
+  aliases = {i: i for i, x in enumerate(state) if x.size or i in (0, 2)}
+  offsets, rows, rests = (
+    np.asarray(col, np.int64) for col in zip(*layout, strict=True)
+  )
   return jax.ffi.ffi_call(
     TARGET, outs, input_output_aliases=aliases, vmap_method="sequential"
-  )(g, m, m_scales, v, v_scales, coef, rows=rows, rest=rest)
+  )(*state, coef, *grads, offsets=offsets, rows=rows, rests=rests)

@@ -215,7 +215,7 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
         new[i] = q
     return (u, *new)
 
-  if finite is None and wd is None and _native_ok(cfg, g, stored):
+  if finite is None and wd is None and _native_ok(cfg, [g], stored, packed=False):
     coef = _native_coefficients(cfg, t, bound)
     return native.step(xla_step, _native_kernel, g, stored, coef)
   out = xla_step(g, stored)
@@ -228,13 +228,15 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
   )
 
 
-def _native_ok(cfg: _Config, g: Any, stored: tuple[Any, Any, Any]) -> bool:
-  """Whether ``native``'s one-pass CPU kernel steps this leaf: plain Adam
-  moments (any decay rates, eps_root and bias corrections; eps other than a
-  Python 0) of a real float32 gradient, at least one of them stored narrower
-  (bfloat16 or 8-bit) and the other in bfloat16, 8 bits or float32, in a
-  one-device CPU process (the kernel does not partition over devices).
-  Coupled weight decay and ``skip_nonfinite`` stay in XLA."""
+def _native_ok(cfg: _Config, gs: list[Any], stored: tuple[Any, Any, Any], packed):
+  """Whether ``native``'s one-pass CPU kernel steps these gradients (one
+  leaf, or the members of a ``packed`` chunk): plain Adam moments (any decay
+  rates, eps_root and bias corrections; eps other than a Python 0) of real
+  float32 gradients, stored in bfloat16, 8 bits or float32, in a one-device
+  CPU process (the kernel does not partition over devices). A leaf of its
+  own needs a moment stored narrower than float32: with two float32 moments
+  XLA fuses the step into ``apply_updates`` and moves fewer bytes. Coupled
+  weight decay and ``skip_nonfinite`` stay in XLA."""
   m, v, v_max = stored
   plain = cfg.norm == "l2" and not (
     cfg.nesterov or cfg.amsgrad or cfg.eps_hat or cfg.maximize
@@ -248,9 +250,9 @@ def _native_ok(cfg: _Config, g: Any, stored: tuple[Any, Any, Any]) -> bool:
     plain
     and not eps_zero
     and v_max is None
-    and jnp.result_type(g) == jnp.float32
+    and all(jnp.result_type(g) == jnp.float32 for g in gs)
     and set(kinds) <= {"float32", "bfloat16", moments.INT8}
-    and kinds != ["float32", "float32"]
+    and (packed or kinds != ["float32", "float32"])
     and jax.device_count() == 1
     and jax.default_backend() == "cpu"
     and native.enabled()
@@ -281,19 +283,25 @@ def _native_coefficients(cfg: _Config, t: jax.Array, bound: Any) -> jax.Array:
 def _native_kernel(g, stored, coef):
   """``(u, m, v, None)`` of one leaf from ``native.call``."""
   a = moments._block_axis(tuple(g.shape))
-  rows, rest = math.prod(g.shape[:a]), math.prod(g.shape[a:])
+  layout = [(0, math.prod(g.shape[:a]), math.prod(g.shape[a:]))]
+  (u,), m, v = _native_call([g], stored, coef, layout)
+  return u, m, v, None
+
+
+def _native_call(gs, stored, coef, layout):
+  """``native.call`` on stored moments: ``(updates, m, v)``."""
   parts = []
   for x in stored[:2]:
     if moments.is_quantized(x):
       parts += [x.codes, x.scales]
     else:
       parts += [x, jnp.zeros((0,), jnp.float32)]
-  u, mc, ms, vc, vs = native.call(g, *parts, coef, rows=rows, rest=rest)
+  mc, ms, vc, vs, *us = native.call(gs, *parts, coef, layout)
   new = [
     moments.QuantizedMoment(c, s) if moments.is_quantized(x) else c
     for x, c, s in ((stored[0], mc, ms), (stored[1], vc, vs))
   ]
-  return u, new[0], new[1], None
+  return us, new[0], new[1]
 
 
 # Relative allowance above the step bound for float32 rounding (of the step
@@ -465,6 +473,19 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     def leaf_step(g, ms, p, wd):
       return _stored_step(cfg, count_inc, count_next, g, ms, p, wd, bound, finite)
 
+    def chunk_step(xla_chunk, gs, offsets, ms):
+      # A packed chunk's members, stepped by the CPU kernel in place of the
+      # concatenation, the chunk's step and the slices (one pass, no copies).
+      if finite is not None or not _native_ok(cfg, gs, ms, packed=True):
+        return xla_chunk(gs, ms)
+      layout = [(o, 1, g.size) for o, g in zip(offsets, gs, strict=True)]
+
+      def kernel(gs, ms, coef):
+        return (*_native_call(gs, ms, coef, layout), None)
+
+      coef = _native_coefficients(cfg, count_inc, bound)
+      return native.step(xla_chunk, kernel, gs, ms, coef)
+
     if fused.is_packed(state.mu):
       u_leaves, (m, v, vm) = fused.packed_step(
         state.mu.layout,
@@ -474,6 +495,7 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
         p_leaves,
         wd_leaves,
         one=count_inc.astype(jnp.float32) / count_inc.astype(jnp.float32),
+        chunk_step=chunk_step,
       )
       u = treedef.unflatten(u_leaves)
     else:

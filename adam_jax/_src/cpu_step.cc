@@ -25,10 +25,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include <sys/mman.h>
-#include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -241,9 +241,7 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
   const float* c = w.c;
   const bool safe = c[kSafe] != 0.0f;
   const bool v_f32 = w.v.kind == kF32;
-  // The segment holding b0 (segments are few: a linear scan).
-  size_t s = 0;
-  while (s + 1 < w.segs.size() && w.segs[s + 1].first_block <= b0) ++s;
+  size_t s = 0;  // the segment holding b (segments are few: a linear scan)
   for (int64_t b = b0; b < b1; ++b) {
     while (s + 1 < w.segs.size() && w.segs[s + 1].first_block <= b) ++s;
     const Segment& seg = w.segs[s];
@@ -326,8 +324,8 @@ void Drain(Shared& s) {
   }
 }
 
-// A large update buffer that XLA allocated for this step (not the gradient's)
-// is usually fresh memory: ask for huge pages before its first write, so that
+// A large update buffer, which XLA allocates for every step, is usually fresh
+// memory: ask for huge pages before its first write, so that
 // writing it costs a few page faults rather than one per 4 KiB.
 void Huge(void* p, int64_t bytes) {
   constexpr uintptr_t kHuge = uintptr_t(1) << 21;
@@ -374,7 +372,7 @@ ffi::Error StepImpl(ffi::ThreadPool pool, ffi::AnyBuffer m, ffi::AnyBuffer m_sca
     seg.rest = rests[i];
     seg.blocks_per_row = rests[i] == 0 ? 0 : (rests[i] + kBlock - 1) / kBlock;
     seg.first_block = total;
-    if (seg.u != seg.g) Huge(seg.u, rows[i] * rests[i] * 4);
+    Huge(seg.u, rows[i] * rests[i] * 4);
     total += seg.rows * seg.blocks_per_row;
     if (seg.blocks_per_row) w.segs.push_back(seg);
   }

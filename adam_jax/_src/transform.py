@@ -215,9 +215,16 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
         new[i] = q
     return (u, *new)
 
-  if finite is None and wd is None and _native_ok(cfg, [g], stored, packed=False):
-    coef = _native_coefficients(cfg, t, bound)
-    return native.step(xla_step, _native_kernel, g, stored, coef)
+  if wd is None and _native_ok(cfg, [g], stored, packed=False):
+    a = moments._block_axis(tuple(g.shape))
+    layout = [(0, math.prod(g.shape[:a]), math.prod(g.shape[a:]))]
+
+    def xla_leaves(gs, stored):
+      u, *new = xla_step(*gs, stored)
+      return [u], *new
+
+    (u,), *new = _native_step(cfg, t, bound, xla_leaves, [g], stored, layout)
+    return (u, *new)
   out = xla_step(g, stored)
   if finite is None:
     return out
@@ -228,7 +235,9 @@ def _stored_step(cfg: _Config, t, t_next, g, stored, p, wd, bound, finite):
   )
 
 
-def _native_ok(cfg: _Config, gs: list[Any], stored: tuple[Any, Any, Any], packed):
+def _native_ok(
+  cfg: _Config, gs: list[Any], stored: tuple[Any, Any, Any], packed: bool
+) -> bool:
   """Whether ``native``'s one-pass CPU kernel steps these gradients (one
   leaf, or the members of a ``packed`` chunk): plain Adam moments (any decay
   rates, eps_root and bias corrections; eps other than a Python 0) of real
@@ -239,7 +248,7 @@ def _native_ok(cfg: _Config, gs: list[Any], stored: tuple[Any, Any, Any], packed
   weight decay and ``skip_nonfinite`` stay in XLA."""
   m, v, v_max = stored
   plain = cfg.norm == "l2" and not (
-    cfg.nesterov or cfg.amsgrad or cfg.eps_hat or cfg.maximize
+    cfg.nesterov or cfg.amsgrad or cfg.eps_hat or cfg.maximize or cfg.skip_nonfinite
   )
   # With a Python eps of 0, XLA divides by the square root through rsqrt.
   eps_zero = isinstance(cfg.eps, (int, float)) and cfg.eps == 0
@@ -280,28 +289,27 @@ def _native_coefficients(cfg: _Config, t: jax.Array, bound: Any) -> jax.Array:
   return jnp.stack([jnp.asarray(x).astype(f32) for x in scalars])
 
 
-def _native_kernel(g, stored, coef):
-  """``(u, m, v, None)`` of one leaf from ``native.call``."""
-  a = moments._block_axis(tuple(g.shape))
-  layout = [(0, math.prod(g.shape[:a]), math.prod(g.shape[a:]))]
-  (u,), m, v = _native_call([g], stored, coef, layout)
-  return u, m, v, None
+def _native_step(cfg: _Config, t, bound, xla_fn, gs, stored, layout):
+  """``xla_fn(gs, stored) -> (updates, m, v, None)``, run on the CPU by
+  ``native``'s kernel (``native.step``): ``gs`` are gradient leaves and
+  ``layout`` places each in the stored moments (``native.call``)."""
 
+  def kernel(gs, stored, coef):
+    parts = []
+    for x in stored[:2]:
+      if moments.is_quantized(x):
+        parts += [x.codes, x.scales]
+      else:
+        parts += [x, jnp.zeros((0,), jnp.float32)]
+    mc, ms, vc, vs, *us = native.call(gs, *parts, coef, layout)
+    m, v = (
+      moments.QuantizedMoment(c, s) if moments.is_quantized(x) else c
+      for x, c, s in ((stored[0], mc, ms), (stored[1], vc, vs))
+    )
+    return us, m, v, None
 
-def _native_call(gs, stored, coef, layout):
-  """``native.call`` on stored moments: ``(updates, m, v)``."""
-  parts = []
-  for x in stored[:2]:
-    if moments.is_quantized(x):
-      parts += [x.codes, x.scales]
-    else:
-      parts += [x, jnp.zeros((0,), jnp.float32)]
-  mc, ms, vc, vs, *us = native.call(gs, *parts, coef, layout)
-  new = [
-    moments.QuantizedMoment(c, s) if moments.is_quantized(x) else c
-    for x, c, s in ((stored[0], mc, ms), (stored[1], vc, vs))
-  ]
-  return us, new[0], new[1]
+  coef = _native_coefficients(cfg, t, bound)
+  return native.step(xla_fn, kernel, gs, stored, coef)
 
 
 # Relative allowance above the step bound for float32 rounding (of the step
@@ -476,15 +484,10 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
     def chunk_step(xla_chunk, gs, offsets, ms):
       # A packed chunk's members, stepped by the CPU kernel in place of the
       # concatenation, the chunk's step and the slices (one pass, no copies).
-      if finite is not None or not _native_ok(cfg, gs, ms, packed=True):
+      if not _native_ok(cfg, gs, ms, packed=True):
         return xla_chunk(gs, ms)
       layout = [(o, 1, g.size) for o, g in zip(offsets, gs, strict=True)]
-
-      def kernel(gs, ms, coef):
-        return (*_native_call(gs, ms, coef, layout), None)
-
-      coef = _native_coefficients(cfg, count_inc, bound)
-      return native.step(xla_chunk, kernel, gs, ms, coef)
+      return _native_step(cfg, count_inc, bound, xla_chunk, gs, ms, layout)
 
     if fused.is_packed(state.mu):
       u_leaves, (m, v, vm) = fused.packed_step(

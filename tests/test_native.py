@@ -16,6 +16,7 @@ import shutil
 import sys
 
 import jax
+from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -255,6 +256,41 @@ def test_jvp_and_vmap():
       assert (native.TARGET in batched.lower(batch, state).as_text()) == native_on
       results.append(batched(batch, state))
   np.testing.assert_array_equal(*results)
+
+
+def test_other_platforms_lower_the_xla_step():
+  """The kernel is only the CPU's lowering of the step: exported from here
+  for CUDA or TPU the step has no custom call, and the XLA step lowered for
+  them (run here in place of the kernel) gives XLA's results bit for bit."""
+  tx = adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=BF16)
+  grads = _grads((8, 512), 2, 5)
+  state = tx.init(grads[0])
+  state = jax.jit(tx.update)(grads[0], state)[1]  # nonzero moments
+  update = jax.jit(lambda g, s: tx.update(g, s))
+  check = [jax.export.DisabledSafetyCheck.custom_call(native.TARGET)]
+  for platforms in [("cpu",), ("cuda",), ("tpu",), ("cpu", "cuda")]:
+    exported = jax.export.export(update, platforms=platforms, disabled_checks=check)
+    text = exported(grads[1], state).mlir_module()
+    assert (native.TARGET in text) == ("cpu" in platforms), platforms
+
+  def run(rule):
+    jax.clear_caches()
+    mlir.register_lowering(native.step_p, native._lower_with(rule), platform="cpu")
+    try:
+      lowered = jax.jit(lambda g, s: tx.update(g, s)).lower(grads[1], state)
+      assert (native.TARGET in lowered.as_text()) == (rule == "kernel")
+      return lowered.compile()(grads[1], state)
+    finally:
+      mlir.register_lowering(
+        native.step_p, native._lower_with("kernel"), platform="cpu"
+      )
+      jax.clear_caches()
+
+  with _native(False):
+    want = jax.jit(lambda g, s: tx.update(g, s))(grads[1], state)
+  for got in (run("xla"), run("kernel")):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 def test_build_failure_falls_back_to_xla(monkeypatch, tmp_path):

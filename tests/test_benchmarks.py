@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from adam_jax import benchmarks
+from adam_jax._src import native
 from tests._procs import run_python
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +55,8 @@ def test_quick_run_prints_the_table(quick_run):
   # The table on stdout is the JSON record's, so the JSON carries all of it.
   assert benchmarks.format_table(result) in proc.stdout
   assert "[5/5] resnet50" in proc.stderr  # progress goes to stderr
+  kernel = "on" if result["header"]["cpu_kernel"] else "off"
+  assert f"CPU kernel {kernel}" in proc.stdout
 
 
 def test_quick_run_records_every_tree(quick_run):
@@ -62,6 +65,7 @@ def test_quick_run_records_every_tree(quick_run):
   assert header["quick"] is True
   assert header["steps"] == benchmarks.QUICK_STEPS
   assert header["platform"] == jax.devices()[0].platform
+  assert header["cpu_kernel"] == (header["platform"] == "cpu" and native.enabled())
   assert [t["tree"] for t in result["trees"]] == list(benchmarks.TREES)
   for t in result["trees"]:
     name, n = t["tree"], t["n_params"]

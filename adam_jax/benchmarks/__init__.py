@@ -84,6 +84,7 @@ import numpy as np
 import optax
 
 import adam_jax
+from adam_jax._src import native
 
 __all__ = [
   "DEFAULT_STEPS",
@@ -636,6 +637,10 @@ def _header(
       config.jax_enable_compilation_cache and config.jax_compilation_cache_dir
     ),
     "xla_flags": os.environ.get("XLA_FLAGS"),
+    # glibc's malloc settings decide whether XLA's per-step buffers are fresh
+    # pages (see the README's low-memory section).
+    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+    "cpu_kernel": device.platform == "cpu" and native.enabled(),
     "learning_rate": LEARNING_RATE,
     "bytes_per_param": BYTES_PER_PARAM,
     "quick": quick,
@@ -911,6 +916,16 @@ def format_table(result: dict[str, Any]) -> str:
     f"{h['cpu_count']} CPUs",
     f"python {h['python']}, jax {h['jax']}, jaxlib {h['jaxlib']}, optax {h['optax']}, "
     f"adam_jax {h['adam_jax']}",
+    "CPU kernel "
+    + ("on" if h.get("cpu_kernel") else "off")
+    + "".join(
+      f", {name}={h[key]}"
+      for key, name in (
+        ("xla_flags", "XLA_FLAGS"),
+        ("glibc_tunables", "GLIBC_TUNABLES"),
+      )
+      if h.get(key)
+    ),
     f"{'quick (tiny trees), ' if h['quick'] else ''}{h['warmup_rounds']} warm-up + "
     f"{h['steps']} timed rounds, median of {h['compile_repeats']} compile(s) per "
     f"optimizer, lr {h['learning_rate']}",

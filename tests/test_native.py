@@ -25,6 +25,7 @@ import pytest
 import adam_jax
 from adam_jax._src import fused
 from adam_jax._src import native
+from adam_jax._src import transform
 from tests.conftest import optax_mode
 
 pytestmark = pytest.mark.skipif(
@@ -326,16 +327,16 @@ def test_build_is_cached(monkeypatch, tmp_path):
 PACKED = [(4, 16), (300,), (7, 9, 5), (1000,), (3,)] * 14
 
 
-def _run_packed(make, native_on, steps=3):
-  """``_run`` on a tree of ``PACKED`` leaves."""
+def _run_tree(make, native_on, shapes, steps=3):
+  """``_run`` on a tree of leaves of these shapes."""
   rng = np.random.default_rng(5)
   params = {
     f"p{i:02d}": jnp.asarray(rng.standard_normal(s), jnp.float32)
-    for i, s in enumerate(PACKED)
+    for i, s in enumerate(shapes)
   }
   grads = [
     {k: g for k, g in zip(params, gs, strict=True)}
-    for gs in zip(*(_grads(s, steps, i) for i, s in enumerate(PACKED)), strict=True)
+    for gs in zip(*(_grads(s, steps, i) for i, s in enumerate(shapes)), strict=True)
   ]
   with _native(native_on):
     tx = make()
@@ -346,10 +347,26 @@ def _run_packed(make, native_on, steps=3):
     for g in grads:
       u, state = update(g, state, params)
       us.append(u)
+  return us, state, hlo
+
+
+def _run_packed(make, native_on, steps=3):
+  """``_run`` on a tree of ``PACKED`` leaves."""
+  us, state, hlo = _run_tree(make, native_on, PACKED, steps)
   assert any(
     fused.is_packed(x) for x in jax.tree.leaves(state, is_leaf=fused.is_packed)
   )
   return us, state, hlo
+
+
+def _assert_same_tree(got, want):
+  """Updates and every stored array equal, as bits."""
+  (us, state, _), (ref_us, ref_state, _) = got, want
+  for a, b in zip(jax.tree.leaves(us), jax.tree.leaves(ref_us), strict=True):
+    np.testing.assert_array_equal(_bits(a), _bits(b))
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
+    np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
 PACKED_CASES = {
@@ -371,15 +388,40 @@ def test_packed_chunks_bitwise_equal_to_xla(case):
   """Updates and every stored array (chunks, codes, scales), as bits, equal
   XLA's concatenate-step-slice over 3 steps; the compiled step has no
   concatenation of gradients left."""
-  us, state, hlo = _run_packed(PACKED_CASES[case], True)
-  ref_us, ref_state, ref_hlo = _run_packed(PACKED_CASES[case], False)
-  assert native.TARGET in hlo and native.TARGET not in ref_hlo
-  assert "concatenate" in ref_hlo
-  for a, b in zip(jax.tree.leaves(us), jax.tree.leaves(ref_us), strict=True):
-    np.testing.assert_array_equal(_bits(a), _bits(b))
-  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
-    np.testing.assert_array_equal(_bits(a), _bits(b))
+  got = _run_packed(PACKED_CASES[case], True)
+  want = _run_packed(PACKED_CASES[case], False)
+  assert native.TARGET in got[2] and native.TARGET not in want[2]
+  assert "concatenate" in want[2]
+  _assert_same_tree(got, want)
+
+
+# Leaves with moments of their own: too few small ones to pack, then a packed
+# tree's large leaves (2**16 elements or more) beside its chunks (3 chunks of
+# its 70 small leaves).
+OWN_TREES = {"own": [*SHAPES, (100,)], "packed": [*PACKED, (300, 256), (70000,)]}
+
+
+@pytest.mark.parametrize("tree", OWN_TREES)
+@pytest.mark.parametrize("storage", ["bf16/bf16", "int8/bf16", "f32/int8"])
+def test_own_leaves_share_kernel_calls(storage, tree, monkeypatch):
+  """Leaves with moments of their own that the kernel takes share its calls,
+  up to ``NATIVE_GROUP_ELEMENTS`` a call (a call per leaf costs more), bit
+  for bit as XLA over 3 steps; leaves whose moments are both float32 (under
+  ``int8_min_size``) stay in XLA."""
+  mu, nu = STORAGE[storage]
+  make = lambda: adam_jax.adam(1e-3, mu_dtype=mu, nu_dtype=nu)  # noqa: E731
+  shapes = OWN_TREES[tree]
+  got = _run_tree(make, True, shapes)
+  want = _run_tree(make, False, shapes)
+  chunks = 3 if tree == "packed" else 0
+  assert got[2].count(f"@{native.TARGET}(") == chunks + 1
+  assert native.TARGET not in want[2]
+  _assert_same_tree(got, want)
+  # Two calls when the own leaves hold more than the limit together.
+  monkeypatch.setattr(transform, "NATIVE_GROUP_ELEMENTS", 40000)
+  split = _run_tree(make, True, shapes)
+  assert split[2].count(f"@{native.TARGET}(") == chunks + 2
+  _assert_same_tree(split, want)
 
 
 def test_packed_chunks_with_coupled_decay_stay_in_xla():

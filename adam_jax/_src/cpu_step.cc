@@ -225,11 +225,11 @@ inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
 struct Segment {
   const float* g;
   float* u;
-  int64_t offset, rows, rest, blocks_per_row, first_block;
+  int64_t state, offset, rows, rest, blocks_per_row, first_block;
 };
 
 struct Work {
-  Moment m, v;
+  std::vector<Moment> m, v;  // per state
   float c[kNumCoef];
   std::vector<Segment> segs;
 };
@@ -240,11 +240,19 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
   alignas(64) float m[kBlock], v[kBlock], u[kBlock];
   const float* c = w.c;
   const bool safe = c[kSafe] != 0.0f;
-  const bool v_f32 = w.v.kind == kF32;
-  size_t s = 0;  // the segment holding b (segments are few: a linear scan)
+  // The segment holding b: found by bisection for the first block, then by
+  // stepping forward.
+  size_t s = std::upper_bound(w.segs.begin(), w.segs.end(), b0,
+                              [](int64_t b, const Segment& x) {
+                                return b < x.first_block;
+                              }) -
+             w.segs.begin() - 1;
   for (int64_t b = b0; b < b1; ++b) {
     while (s + 1 < w.segs.size() && w.segs[s + 1].first_block <= b) ++s;
     const Segment& seg = w.segs[s];
+    const Moment& mm = w.m[seg.state];
+    const Moment& vm = w.v[seg.state];
+    const bool v_f32 = vm.kind == kF32;
     int64_t local = b - seg.first_block;
     int64_t row = local / seg.blocks_per_row, k = local % seg.blocks_per_row;
     int64_t col = k * kBlock;
@@ -252,8 +260,8 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
     int64_t at = row * seg.rest + col;  // in the leaf
     int64_t start = seg.offset + at;    // in the state
     int64_t blk = seg.offset / kBlock + local;
-    Load(w.m, start, len, blk, m);
-    Load(w.v, start, len, blk, v);
+    Load(mm, start, len, blk, m);
+    Load(vm, start, len, blk, v);
     const float* g = seg.g + at;
     for (int64_t i = 0; i < len; ++i) {
       float gc = g[i];
@@ -276,8 +284,8 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
     }
     for (int64_t i = len; i < kBlock; ++i) m[i] = v[i] = 0.0f;  // Store reads them
     std::memcpy(seg.u + at, u, len * 4);
-    Store(w.m, start, len, blk, m);
-    Store(w.v, start, len, blk, v);
+    Store(mm, start, len, blk, m);
+    Store(vm, start, len, blk, v);
   }
 }
 
@@ -335,38 +343,55 @@ void Huge(void* p, int64_t bytes) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 }
 
-ffi::Error StepImpl(ffi::ThreadPool pool, ffi::AnyBuffer m, ffi::AnyBuffer m_scales,
-                    ffi::AnyBuffer v, ffi::AnyBuffer v_scales,
-                    ffi::Buffer<ffi::F32> coef, ffi::RemainingArgs grads,
-                    ffi::Result<ffi::AnyBuffer> m_out,
-                    ffi::Result<ffi::AnyBuffer> m_scales_out,
-                    ffi::Result<ffi::AnyBuffer> v_out,
-                    ffi::Result<ffi::AnyBuffer> v_scales_out,
-                    ffi::RemainingRets updates, ffi::Span<const int64_t> offsets,
+// args: the states' (m, m scales, v, v scales), four buffers a state, then
+// one gradient a leaf; rets: the states (aliasing them), then one update a
+// leaf. Leaf i is in state states[i] at (offsets[i], rows[i], rests[i]).
+ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    ffi::Span<const int64_t> states,
+                    ffi::Span<const int64_t> offsets,
                     ffi::Span<const int64_t> rows, ffi::Span<const int64_t> rests) {
-  size_t n = grads.size();
+  size_t n = offsets.size();
   if (coef.element_count() != kNumCoef)
     return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad coefficients");
-  if (updates.size() != n || offsets.size() != n || rows.size() != n ||
-      rests.size() != n)
+  if (states.size() != n || rows.size() != n || rests.size() != n ||
+      args.size() < n || (args.size() - n) % 4 != 0 ||
+      rets.size() != args.size())
     return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad leaf count");
+  size_t num_states = (args.size() - n) / 4;
   auto shared = std::make_shared<Shared>();
   Work& w = shared->work;
-  w.m = MakeMoment(m, m_scales, m_out, m_scales_out);
-  w.v = MakeMoment(v, v_scales, v_out, v_scales_out);
+  std::vector<int64_t> sizes;
+  for (size_t k = 0; k < num_states; ++k) {
+    std::vector<ffi::AnyBuffer> in;
+    std::vector<ffi::Result<ffi::AnyBuffer>> out;
+    for (size_t j = 0; j < 4; ++j) {
+      auto x = args.get<ffi::AnyBuffer>(4 * k + j);
+      auto y = rets.get<ffi::AnyBuffer>(4 * k + j);
+      if (!x.has_value() || !y.has_value())
+        return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad state");
+      in.push_back(*x);
+      out.push_back(*y);
+    }
+    w.m.push_back(MakeMoment(in[0], in[1], out[0], out[1]));
+    w.v.push_back(MakeMoment(in[2], in[3], out[2], out[3]));
+    sizes.push_back(static_cast<int64_t>(in[0].element_count()));
+  }
   std::memcpy(w.c, coef.typed_data(), sizeof(w.c));
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
-    auto g = grads.get<ffi::Buffer<ffi::F32>>(i);
-    auto u = updates.get<ffi::Buffer<ffi::F32>>(i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(4 * num_states + i);
+    auto u = rets.get<ffi::Buffer<ffi::F32>>(4 * num_states + i);
     if (!g.has_value() || !u.has_value())
       return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad gradient");
-    if (rows[i] * rests[i] != static_cast<int64_t>(g->element_count()) ||
-        offsets[i] + rows[i] * rests[i] > static_cast<int64_t>(m.element_count()))
+    if (states[i] < 0 || states[i] >= static_cast<int64_t>(num_states) ||
+        rows[i] * rests[i] != static_cast<int64_t>(g->element_count()) ||
+        offsets[i] + rows[i] * rests[i] > sizes[states[i]])
       return ffi::Error::InvalidArgument("adam_jax_cpu_step: bad leaf layout");
     Segment seg;
     seg.g = g->typed_data();
     seg.u = (*u)->typed_data();
+    seg.state = states[i];
     seg.offset = offsets[i];
     seg.rows = rows[i];
     seg.rest = rests[i];
@@ -395,17 +420,10 @@ ffi::Error StepImpl(ffi::ThreadPool pool, ffi::AnyBuffer m, ffi::AnyBuffer m_sca
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamJaxCpuStep, StepImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()         // m
-                                  .Arg<ffi::AnyBuffer>()         // m scales
-                                  .Arg<ffi::AnyBuffer>()         // v
-                                  .Arg<ffi::AnyBuffer>()         // v scales
                                   .Arg<ffi::Buffer<ffi::F32>>()  // coef
-                                  .RemainingArgs()               // gradients
-                                  .Ret<ffi::AnyBuffer>()         // m
-                                  .Ret<ffi::AnyBuffer>()         // m scales
-                                  .Ret<ffi::AnyBuffer>()         // v
-                                  .Ret<ffi::AnyBuffer>()         // v scales
-                                  .RemainingRets()               // updates
+                                  .RemainingArgs()   // states, gradients
+                                  .RemainingRets()   // states, updates
+                                  .Attr<ffi::Span<const int64_t>>("states")
                                   .Attr<ffi::Span<const int64_t>>("offsets")
                                   .Attr<ffi::Span<const int64_t>>("rows")
                                   .Attr<ffi::Span<const int64_t>>("rests"));

@@ -270,7 +270,15 @@ def zeros(
 
 
 def packed_step(
-  layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves, one, chunk_step=None
+  layout,
+  leaf_step,
+  g_leaves,
+  moment_states,
+  p_leaves,
+  wd_leaves,
+  one,
+  chunk_step=None,
+  own_step=None,
 ):
   """Runs ``leaf_step`` over ``layout``: each own leaf alone, each chunk once.
 
@@ -286,6 +294,9 @@ def packed_step(
       for a chunk whose members do not decay: ``xla_chunk(gs, moments)`` is
       the step above (concatenate, ``leaf_step``, slice), which it may run
       another way (``transform``: the CPU kernel, on the leaves themselves).
+    own_step: optional ``items -> outs``, ``leaf_step`` over a list of
+      ``(g, moments, p, wd)`` at once (``transform``: one kernel call for
+      every leaf it takes); by default ``leaf_step`` on each.
 
   Returns:
     ``(u_leaves, new_moments)``: the updates per leaf and each moment as a
@@ -295,14 +306,26 @@ def packed_step(
   u_leaves: list[Any] = [None] * n
   own_out: list[list[Any]] = [[] for _ in moment_states]
   own_in = [iter(() if s is None else s.own) for s in moment_states]
-  for i, (g, slot) in enumerate(zip(g_leaves, layout.slots, strict=True)):
-    if g is None or slot is not None:
-      continue
-    ms = [
-      None if s is None else next(it)
-      for s, it in zip(moment_states, own_in, strict=True)
-    ]
-    u_leaves[i], *new = leaf_step(g, ms, p_leaves[i], wd_leaves[i])
+  own = [
+    i
+    for i, (g, slot) in enumerate(zip(g_leaves, layout.slots, strict=True))
+    if g is not None and slot is None
+  ]
+  items = [
+    (
+      g_leaves[i],
+      [
+        None if s is None else next(it)
+        for s, it in zip(moment_states, own_in, strict=True)
+      ],
+      p_leaves[i],
+      wd_leaves[i],
+    )
+    for i in own
+  ]
+  outs = [leaf_step(*x) for x in items] if own_step is None else own_step(items)
+  for i, (u, *new) in zip(own, outs, strict=True):
+    u_leaves[i] = u
     for out, x in zip(own_out, new, strict=True):
       out.append(x)
   chunk_out: list[list[Any]] = [[] for _ in moment_states]

@@ -228,15 +228,16 @@ def _step_batch(args, dims, **params):
 batching.primitive_batchers[step_p] = _step_batch
 
 
-def call(grads, m, m_scales, v, v_scales, coef, layout):
-  """The custom call: ``(m, m_scales, v, v_scales, *updates)``, the state in
-  place.
+def call(grads, states, coef, layout):
+  """The custom call: ``(*states, *updates)``, the states in place.
 
-  ``grads`` are float32 gradient leaves; ``layout`` holds, per leaf, its
-  ``(offset, rows, rest)`` in the state (one leaf: ``(0, rows, rest)``, its
-  blocks along ``rest``; the members of a packed chunk: ``(offset, 1,
-  size)``). ``m_scales`` (``v_scales``) is empty for a moment stored as
-  floats.
+  ``grads`` are float32 gradient leaves; ``states`` are ``(m, m_scales, v,
+  v_scales)`` tuples (``m_scales``, ``v_scales`` empty for a moment stored as
+  floats); ``layout`` holds, per leaf, its ``(state, offset, rows, rest)``:
+  the index of its state in ``states`` and where it lies in it (a leaf with
+  state of its own: ``(k, 0, rows, rest)``, its blocks along ``rest``; the
+  members of a packed chunk: ``(k, offset, 1, size)``). One call steps any
+  number of leaves and states (see ``transform.NATIVE_GROUP_ELEMENTS``).
 
   The updates are new buffers, not written over the gradients: XLA would
   copy a gradient that is the step's argument first (into fresh memory,
@@ -245,15 +246,16 @@ def call(grads, m, m_scales, v, v_scales, coef, layout):
   step 2.17x float32 moments' time with the gradient's buffer, 1.38x without;
   a training step whose gradient is a temporary 1.91x and 2.30x.)
   """
-  state = (m, m_scales, v, v_scales)
+  flat = [x for state in states for x in state]
   outs = [
-    *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state),
+    *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat),
     *(jax.ShapeDtypeStruct(g.shape, jnp.float32) for g in grads),
   ]
-  aliases = {i: i for i, x in enumerate(state) if x.size or i in (0, 2)}
-  offsets, rows, rests = (
+  # Operand 0 is coef. Empty scales (float moments) are not aliased.
+  aliases = {1 + i: i for i, x in enumerate(flat) if x.size or i % 4 in (0, 2)}
+  index, offsets, rows, rests = (
     np.asarray(col, np.int64) for col in zip(*layout, strict=True)
   )
   return jax.ffi.ffi_call(
     TARGET, outs, input_output_aliases=aliases, vmap_method="sequential"
-  )(*state, coef, *grads, offsets=offsets, rows=rows, rests=rests)
+  )(coef, *flat, *grads, states=index, offsets=offsets, rows=rows, rests=rests)

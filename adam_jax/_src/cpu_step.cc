@@ -7,10 +7,11 @@
 // the old state (and, for 8-bit moments, a decode three times over). Here each
 // block of 256 values is decoded, stepped and encoded once, in cache.
 //
-// The same call steps the members of a packed chunk (transform.chunk_step):
-// the gradient leaves are read where they are and the updates written to one
-// buffer each, in place of XLA's concatenation of the gradients, its loops
-// over the chunk and the slices of the update.
+// One call steps any number of leaves over any number of states: the members
+// of a packed chunk (transform.chunk_step), read where they are with an
+// update buffer each, in place of XLA's concatenation of the gradients, its
+// loops over the chunk and the slices of the update; and leaves with states
+// of their own, several a call (transform.NATIVE_GROUP_ELEMENTS).
 //
 // The math is transform._leaf_step's (and moments.quantize/dequantize's) for
 // the configurations that transform._native_ok sends here, operation for

@@ -287,27 +287,28 @@ def _native_step(cfg: _Config, t, bound, xla_fn, gs, states, layout):
   a packed chunk's), and ``layout`` places each leaf in its state
   (``native.call``)."""
 
+  def parts(x):  # a moment as native.call's (values or codes, scales)
+    if moments.is_quantized(x):
+      return x.codes, x.scales
+    return x, jnp.zeros((0,), jnp.float32)
+
+  def rebuilt(x, values, scales):
+    return (
+      moments.QuantizedMoment(values, scales) if moments.is_quantized(x) else values
+    )
+
   def kernel(gs, states, coef):
-    parts = []
-    for stored in states:
-      for x in stored[:2]:
-        if moments.is_quantized(x):
-          parts.append((x.codes, x.scales))
-        else:
-          parts.append((x, jnp.zeros((0,), jnp.float32)))
-    flat = [
-      (m, ms, v, vs) for (m, ms), (v, vs) in zip(parts[::2], parts[1::2], strict=True)
-    ]
-    outs = list(native.call(gs, flat, coef, layout))
-    new = []
-    for k, stored in enumerate(states):
-      mc, ms, vc, vs = outs[4 * k : 4 * k + 4]
-      m, v = (
-        moments.QuantizedMoment(c, sc) if moments.is_quantized(x) else c
-        for x, c, sc in ((stored[0], mc, ms), (stored[1], vc, vs))
+    flat = [(*parts(m), *parts(v)) for m, v, _ in states]
+    outs = native.call(gs, flat, coef, layout)
+    new = [
+      (
+        rebuilt(m, *outs[4 * k : 4 * k + 2]),
+        rebuilt(v, *outs[4 * k + 2 : 4 * k + 4]),
+        None,
       )
-      new.append((m, v, None))
-    return outs[4 * len(states) :], *new
+      for k, (m, v, _) in enumerate(states)
+    ]
+    return list(outs[4 * len(states) :]), *new
 
   coef = _native_coefficients(cfg, t, bound)
   return native.step(xla_fn, kernel, gs, states, coef)
@@ -317,11 +318,12 @@ def _native_step(cfg: _Config, t, bound, xla_fn, gs, states, layout):
 # elements in all (a leaf larger than it has a call of its own). Measured with
 # bfloat16 moments against float32 ones, update step / training step, glibc
 # keeping freed memory (README): 16M parameters in 64 leaves 1.36 with a call
-# per leaf, 0.97 with one call, 1.10 with these groups; the transformer tree 1.12 / 1.12 a call per
-# leaf, 0.97 / 1.05 with these groups, 0.98 / 1.14 with one call. One call
-# for all leaves waits for every gradient and keeps every update alive at
-# once, which costs the training step (transformer, default glibc: 1.46 with
-# one call, 1.25-1.27 with groups or a call per leaf).
+# per leaf, 0.97 with one call, 1.10 with these groups; the transformer tree
+# 1.12 / 1.12 a call per leaf, 0.97 / 1.05 with these groups, 0.98 / 1.14
+# with one call. One call for all leaves waits for every gradient and keeps
+# every update alive at once, which costs the training step (transformer,
+# default glibc: 1.46 with one call, 1.25-1.27 with groups or a call per
+# leaf).
 NATIVE_GROUP_ELEMENTS = 2**22
 
 
@@ -573,16 +575,20 @@ def adam_family(cfg: _Config) -> optax.GradientTransformation:
       m_leaves = treedef.flatten_up_to(state.mu)
       v_leaves = treedef.flatten_up_to(state.nu)
       vm_leaves = treedef.flatten_up_to(state.nu_max) if cfg.amsgrad else none
-      rows = list(
-        zip(g_leaves, m_leaves, v_leaves, vm_leaves, p_leaves, wd_leaves, strict=True)
+      stepped = iter(
+        own_step(
+          [
+            (g, (m, v, vm), p, wd)
+            for g, m, v, vm, p, wd in zip(
+              g_leaves, m_leaves, v_leaves, vm_leaves, p_leaves, wd_leaves, strict=True
+            )
+            if g is not None
+          ]
+        )
       )
-      real = [i for i, row in enumerate(rows) if row[0] is not None]
-      outs: list[Any] = [(None, None, None, None)] * len(rows)
-      stepped = own_step(
-        [(g, (m, v, vm), p, wd) for g, m, v, vm, p, wd in (rows[i] for i in real)]
-      )
-      for i, out in zip(real, stepped, strict=True):
-        outs[i] = out
+      outs = [
+        (None, None, None, None) if g is None else next(stepped) for g in g_leaves
+      ]
       columns = list(zip(*outs, strict=False)) if outs else [()] * 4
       u, m, v, vm = (treedef.unflatten(list(col)) for col in columns)
     count, skipped = count_inc, None

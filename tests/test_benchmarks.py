@@ -73,7 +73,7 @@ def test_quick_run_records_every_tree(quick_run):
     assert t["n_leaves"] == len(leaves) == QUICK_LEAVES[name]
     assert n == _num_params(leaves)
     results = t["results"]
-    for key in ("optax", "adam_jax", "flat", "tree_floor"):
+    for key in ("optax", "adam_jax", "flat", "tree_floor", "call_floor"):
       r = results[key]
       assert len(r["step_s"]) == benchmarks.QUICK_STEPS
       assert all(math.isfinite(s) and s > 0 for s in r["step_s"]), (name, key)
@@ -81,7 +81,7 @@ def test_quick_run_records_every_tree(quick_run):
       assert r["compile_median_s"] > 0
       assert 0 < r["lower_median_s"] <= r["compile_median_s"]
       assert r["gb_per_s"] == pytest.approx(28 * n / r["step_median_s"] / 1e9)
-    for key in ("optax", "adam_jax", "tree_floor"):
+    for key in ("optax", "adam_jax", "tree_floor", "call_floor"):
       assert math.isfinite(results[key]["ratio_to_optax"])
     # optax: float32 mu and nu, 8 bytes per parameter, plus the int32 count.
     assert results["optax"]["state_bytes"] == 8 * n + 4

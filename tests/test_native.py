@@ -12,6 +12,7 @@ layout and option it accepts.
 import contextlib
 import functools
 import os
+import re
 import shutil
 import sys
 
@@ -220,6 +221,69 @@ def test_state_is_updated_in_place():
   assert native.TARGET in entry
 
 
+def _aliases(hlo):
+  """The kernel call's ``(output, operand)`` index pairs that share a buffer."""
+  line = next(x for x in hlo.splitlines() if native.TARGET in x and "custom-call(" in x)
+  aliasing = re.search(
+    r"output_to_operand_aliasing=\{((?:\{\d+\}: \(\d+, \{\}\),? ?)*)\}", line
+  )
+  assert aliasing, line
+  return [tuple(map(int, m)) for m in re.findall(r"\{(\d+)\}: \((\d+),", aliasing[1])]
+
+
+@pytest.mark.parametrize("storage", ["bf16/bf16", "int8/bf16"])
+def test_update_is_written_over_a_computed_gradient(storage):
+  """A gradient the step computes (a temporary) takes its update in place; a
+  gradient that is the step's argument, or a reshape of it, does not (XLA
+  would copy it first). Either way the results are XLA's bit for bit,
+  including when the gradient is used after the update."""
+  mu, nu = STORAGE[storage]
+  tx = adam_jax.adam(1e-3, mu_dtype=mu, nu_dtype=nu)
+  grads = _grads((16, 512), 2, 6)
+  params = jnp.ones((16, 512))
+  state = tx.init(params)
+
+  def computed(p, s, g):
+    u, s = tx.update(g * 2.0, s, p)
+    return optax.apply_updates(p, u), s
+
+  def computed_and_kept(p, s, g):
+    g = g * 2.0
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, g
+
+  def argument(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  def reshaped(p, s, g):
+    u, s = tx.update(g.reshape(8, 2, 512).reshape(16, 512), s, p)
+    return optax.apply_updates(p, u), s
+
+  for fn, over_gradient in (
+    (computed, True),
+    (computed_and_kept, True),
+    (argument, False),
+    (reshaped, False),
+  ):
+    results = []
+    for native_on in (True, False):
+      with _native(native_on):
+        jitted = jax.jit(fn)
+        compiled = jitted.lower(params, state, grads[0]).compile()
+        if native_on:
+          hlo = compiled.as_text()
+          # outputs: m, m scales, v, v scales, then the update (index 4);
+          # operands: coef, the same four, then the gradient (index 5).
+          assert ((4, 5) in _aliases(hlo)) == over_gradient, fn.__name__
+        out = compiled(params, state, grads[0])
+        results.append(jitted(*out[:2], grads[1]))
+    got, want = (jax.tree.leaves(r) for r in results)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+      np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
 def test_jvp_and_vmap():
   """Derivatives come from the XLA step (the kernel has none), including
   through a traced hyperparameter; vmap runs the kernel per example."""
@@ -276,20 +340,18 @@ def test_other_platforms_lower_the_xla_step():
 
   def run(rule):
     jax.clear_caches()
-    mlir.register_lowering(native.step_p, native._lower_with(rule), platform="cpu")
+    mlir.register_lowering(native.step_p, rule, platform="cpu")
     try:
       lowered = jax.jit(lambda g, s: tx.update(g, s)).lower(grads[1], state)
-      assert (native.TARGET in lowered.as_text()) == (rule == "kernel")
+      assert (native.TARGET in lowered.as_text()) == (rule is native._lower_kernel)
       return lowered.compile()(grads[1], state)
     finally:
-      mlir.register_lowering(
-        native.step_p, native._lower_with("kernel"), platform="cpu"
-      )
+      mlir.register_lowering(native.step_p, native._lower_kernel, platform="cpu")
       jax.clear_caches()
 
   with _native(False):
     want = jax.jit(lambda g, s: tx.update(g, s))(grads[1], state)
-  for got in (run("xla"), run("kernel")):
+  for got in (run(native._lower_xla), run(native._lower_kernel)):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(_bits(a), _bits(b))
 

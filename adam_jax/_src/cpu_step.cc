@@ -5,7 +5,8 @@
 // when a moment is stored narrower than it is computed, every loop recomputes
 // the moments from the old state; with the state donated that forces copies of
 // the old state (and, for 8-bit moments, a decode three times over). Here each
-// block of 256 values is decoded, stepped and encoded once, in cache.
+// block of 256 values is decoded, stepped and encoded once, in cache (float32
+// and bfloat16 moments stepped where they lie).
 //
 // One call steps any number of leaves over any number of states: the members
 // of a packed chunk (transform.chunk_step), read where they are with an
@@ -132,51 +133,36 @@ struct Moment {
   bool is_signed;
 };
 
-// Reads the block [start, start + len) of row `row` (block `blk`) into `out`.
+// Decodes the 8-bit block [start, start + len) (block `blk`) into `out`
+// (moments.dequantize); float moments are stepped in place (WithView).
 inline void Load(const Moment& m, int64_t start, int64_t len, int64_t blk,
                  float* out) {
-  if (m.kind == kF32) {
-    std::memcpy(out, static_cast<const float*>(m.data) + start, len * 4);
-  } else if (m.kind == kBF16) {
-    const uint16_t* d = static_cast<const uint16_t*>(m.data) + start;
-    for (int64_t i = 0; i < len; ++i) out[i] = Bf16ToFloat(d[i]);
+  alignas(64) int32_t codes[kBlock];
+  if (m.is_signed) {
+    const int8_t* d = static_cast<const int8_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
   } else {
-    alignas(64) int32_t codes[kBlock];
-    if (m.is_signed) {
-      const int8_t* d = static_cast<const int8_t*>(m.data) + start;
-      for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
-    } else {
-      const uint8_t* d = static_cast<const uint8_t*>(m.data) + start;
-      for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
+    const uint8_t* d = static_cast<const uint8_t*>(m.data) + start;
+    for (int64_t i = 0; i < len; ++i) codes[i] = d[i];
+  }
+  for (int64_t i = len; i < kBlock; ++i) codes[i] = 0;
+  VF s = Splat(m.scales[blk]);
+  const VI* cv = reinterpret_cast<const VI*>(codes);
+  VF* ov = reinterpret_cast<VF*>(out);
+  if (m.is_signed) {
+    for (int64_t i = 0; i < kBlock / kLanes; ++i) {
+      VI c = cv[i];
+      VF mag = Magnitude<6>(c < 0 ? -c : c);
+      ov[i] = (c < 0 ? -mag : mag) * s;
     }
-    for (int64_t i = len; i < kBlock; ++i) codes[i] = 0;
-    VF s = Splat(m.scales[blk]);
-    const VI* cv = reinterpret_cast<const VI*>(codes);
-    VF* ov = reinterpret_cast<VF*>(out);
-    if (m.is_signed) {
-      for (int64_t i = 0; i < kBlock / kLanes; ++i) {
-        VI c = cv[i];
-        VF mag = Magnitude<6>(c < 0 ? -c : c);
-        ov[i] = (c < 0 ? -mag : mag) * s;
-      }
-    } else {
-      for (int64_t i = 0; i < kBlock / kLanes; ++i) ov[i] = Magnitude<7>(cv[i]) * s;
-    }
+  } else {
+    for (int64_t i = 0; i < kBlock / kLanes; ++i) ov[i] = Magnitude<7>(cv[i]) * s;
   }
 }
 
-// Stores `x` (moments.store, or moments.quantize's block for 8-bit).
+// Encodes `x` into the 8-bit block (moments.quantize's block).
 inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
                   const float* x) {
-  if (m.kind == kF32) {
-    std::memcpy(static_cast<float*>(m.data) + start, x, len * 4);
-    return;
-  }
-  if (m.kind == kBF16) {
-    uint16_t* d = static_cast<uint16_t*>(m.data) + start;
-    for (int64_t i = 0; i < len; ++i) d[i] = FloatToBf16(x[i]);
-    return;
-  }
   // x holds kBlock values, zero past len (see StepBlocks). The absmax over
   // finite values, compared as bits (of |x| >= 0).
   const VI* xi = reinterpret_cast<const VI*>(x);
@@ -235,10 +221,70 @@ struct Work {
   std::vector<Segment> segs;
 };
 
+// Where the step reads and writes a moment's values in a block: float32 and
+// bfloat16 storage in place, 8-bit codes through a float buffer (Load, Store).
+struct F32At {
+  static constexpr bool kStoredF32 = true;
+  float* p;
+  float Get(int64_t i) const { return p[i]; }
+  void Set(int64_t i, float x) const { p[i] = x; }
+};
+
+struct Bf16At {
+  static constexpr bool kStoredF32 = false;
+  uint16_t* p;
+  float Get(int64_t i) const { return Bf16ToFloat(p[i]); }
+  void Set(int64_t i, float x) const { p[i] = FloatToBf16(x); }
+};
+
+struct BufferAt {
+  static constexpr bool kStoredF32 = false;
+  float* p;
+  float Get(int64_t i) const { return p[i]; }
+  void Set(int64_t i, float x) const { p[i] = x; }
+};
+
+// Calls f with the view of moment `mo` at `start` (`buffer`: 8-bit codes).
+template <class F>
+inline void WithView(const Moment& mo, int64_t start, float* buffer, F&& f) {
+  if (mo.kind == kF32) {
+    f(F32At{static_cast<float*>(mo.data) + start});
+  } else if (mo.kind == kBF16) {
+    f(Bf16At{static_cast<uint16_t*>(mo.data) + start});
+  } else {
+    f(BufferAt{buffer});
+  }
+}
+
+// The Adam step of `len` values (moments.py's math, operation for operation).
+template <class M, class V>
+inline void StepValues(const float* c, bool safe, const float* g, M m,
+                       V v, float* u, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) {
+    float gc = g[i];
+    float mi = std::fma(c[kRate1], gc, c[kKeep1] * m.Get(i));
+    float vr = std::min(v.Get(i), kFloatMax);
+    float vi = V::kStoredF32 ? std::fma(c[kKeep2], vr, c[kRate2] * (gc * gc))
+                             : std::fma(c[kRate2], gc * gc, c[kKeep2] * vr);
+    vi = vi + (gc - gc);  // NaN for a non-finite gradient
+    // XLA divides by a scalar through its reciprocal.
+    float m_hat = mi * c[kInvBc1];
+    float v_hat = std::min(vi * c[kInvBc2], kFloatMax);
+    float denom = std::sqrt(v_hat + c[kEpsRoot]) + c[kEps];
+    float ui = m_hat / denom;
+    if (safe && m_hat == 0.0f) ui = 0.0f;
+    // clip, NaN stays NaN
+    ui = ui < -c[kBound] ? -c[kBound] : (ui > c[kBound] ? c[kBound] : ui);
+    m.Set(i, mi);
+    v.Set(i, vi);
+    u[i] = ui;
+  }
+}
+
 // Steps blocks [b0, b1), numbered over the segments in order (each segment's
 // row-major over rows x blocks_per_row).
 void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
-  alignas(64) float m[kBlock], v[kBlock], u[kBlock];
+  alignas(64) float m[kBlock], v[kBlock];
   const float* c = w.c;
   const bool safe = c[kSafe] != 0.0f;
   // The segment holding b: found by bisection for the first block, then by
@@ -253,7 +299,6 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
     const Segment& seg = w.segs[s];
     const Moment& mm = w.m[seg.state];
     const Moment& vm = w.v[seg.state];
-    const bool v_f32 = vm.kind == kF32;
     int64_t local = b - seg.first_block;
     int64_t row = local / seg.blocks_per_row, k = local % seg.blocks_per_row;
     int64_t col = k * kBlock;
@@ -261,32 +306,22 @@ void StepBlocks(const Work& w, int64_t b0, int64_t b1) {
     int64_t at = row * seg.rest + col;  // in the leaf
     int64_t start = seg.offset + at;    // in the state
     int64_t blk = seg.offset / kBlock + local;
-    Load(mm, start, len, blk, m);
-    Load(vm, start, len, blk, v);
-    const float* g = seg.g + at;
-    for (int64_t i = 0; i < len; ++i) {
-      float gc = g[i];
-      float mi = std::fma(c[kRate1], gc, c[kKeep1] * m[i]);
-      float vr = std::min(v[i], kFloatMax);
-      float vi = v_f32 ? std::fma(c[kKeep2], vr, c[kRate2] * (gc * gc))
-                       : std::fma(c[kRate2], gc * gc, c[kKeep2] * vr);
-      vi = vi + (gc - gc);  // NaN for a non-finite gradient
-      // XLA divides by a scalar through its reciprocal.
-      float m_hat = mi * c[kInvBc1];
-      float v_hat = std::min(vi * c[kInvBc2], kFloatMax);
-      float denom = std::sqrt(v_hat + c[kEpsRoot]) + c[kEps];
-      float ui = m_hat / denom;
-      if (safe && m_hat == 0.0f) ui = 0.0f;
-      // clip, NaN stays NaN
-      ui = ui < -c[kBound] ? -c[kBound] : (ui > c[kBound] ? c[kBound] : ui);
-      m[i] = mi;
-      v[i] = vi;
-      u[i] = ui;
+    if (mm.kind == kInt8) Load(mm, start, len, blk, m);
+    if (vm.kind == kInt8) Load(vm, start, len, blk, v);
+    WithView(mm, start, m, [&](auto mv) {
+      WithView(vm, start, v, [&](auto vv) {
+        StepValues(c, safe, seg.g + at, mv, vv, seg.u + at, len);
+      });
+    });
+    // Store reads a whole block: zeros past len.
+    if (mm.kind == kInt8) {
+      for (int64_t i = len; i < kBlock; ++i) m[i] = 0.0f;
+      Store(mm, start, len, blk, m);
     }
-    for (int64_t i = len; i < kBlock; ++i) m[i] = v[i] = 0.0f;  // Store reads them
-    std::memcpy(seg.u + at, u, len * 4);
-    Store(mm, start, len, blk, m);
-    Store(vm, start, len, blk, v);
+    if (vm.kind == kInt8) {
+      for (int64_t i = len; i < kBlock; ++i) v[i] = 0.0f;
+      Store(vm, start, len, blk, v);
+    }
   }
 }
 

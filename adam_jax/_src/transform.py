@@ -297,9 +297,9 @@ def _native_step(cfg: _Config, t, bound, xla_fn, gs, states, layout):
       moments.QuantizedMoment(values, scales) if moments.is_quantized(x) else values
     )
 
-  def kernel(gs, states, coef):
+  def kernel(gs, states, coef, free):
     flat = [(*parts(m), *parts(v)) for m, v, _ in states]
-    outs = native.call(gs, flat, coef, layout)
+    outs = native.call(gs, flat, coef, layout, free)
     new = [
       (
         rebuilt(m, *outs[4 * k : 4 * k + 2]),

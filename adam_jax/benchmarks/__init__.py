@@ -46,6 +46,10 @@ and the benchmark measures:
 * a tree floor: ``p - lr * g`` on every leaf of the same tree (no optimizer
   state), jitted and donated, timed and compiled alike: the runtime's own
   per-leaf cost, which no optimizer on this tree can go below;
+* a call floor: a jitted, donated step that takes the parameters and the
+  gradients and returns the parameters unchanged (no arithmetic at all), timed
+  alike: what passing the tree through one jitted call costs (per-leaf argument
+  handling and output arrays), a part of every step above;
 * optimizer-state bytes per parameter: the ``nbytes`` of the arrays in the
   state returned by ``init``, over the number of parameters.
 
@@ -343,6 +347,13 @@ def _tree_floor_step(params: Any, grads: Any) -> Any:
   return jax.tree.map(lambda p, g: p - LEARNING_RATE * g, params, grads)
 
 
+def _call_floor_step(params: Any, grads: Any) -> Any:
+  """The parameters, unchanged (donated, so returned in place): only the cost
+  of a jitted call that takes the tree and its gradients and returns the tree."""
+  del grads
+  return params
+
+
 # The ``--state-formats`` training step: the gradient of a least-squares loss
 # computed in the jitted step, so that (as in training) it is produced there
 # rather than an input the step must keep. A leaf of two or more axes is a
@@ -518,12 +529,15 @@ def _bench_tree(
   )
   flat.lower_s.append(lower_s)
   flat.compile_s.append(compile_s)
-  floor = _Variant("tree_floor", carry=(build_tree(name, quick=quick),), extra=(grads,))
-  floor.compiled, lower_s, compile_s = _timed_compile(
-    _tree_floor_step, (0,), floor.carry + floor.extra
-  )
-  floor.lower_s.append(lower_s)
-  floor.compile_s.append(compile_s)
+  floors = []
+  for key, fn in (("tree_floor", _tree_floor_step), ("call_floor", _call_floor_step)):
+    floor = _Variant(key, carry=(build_tree(name, quick=quick),), extra=(grads,))
+    floor.compiled, lower_s, compile_s = _timed_compile(
+      fn, (0,), floor.carry + floor.extra
+    )
+    floor.lower_s.append(lower_s)
+    floor.compile_s.append(compile_s)
+    floors.append(floor)
 
   for key, v in trains.items():
     log(f"{prefix} {name}: compiling the training step of {key}")
@@ -531,7 +545,7 @@ def _bench_tree(
       _make_train_step(optimizers[key]()), (0, 1), v.carry + v.extra
     )
 
-  timed = [*variants.values(), flat, floor, *trains.values()]
+  timed = [*variants.values(), flat, *floors, *trains.values()]
   log(
     f"{prefix} {name}: timing {WARMUP_ROUNDS} warm-up + {steps} rounds of {len(timed)} steps"
   )
@@ -541,7 +555,7 @@ def _bench_tree(
       out = v.compiled(*v.carry, *v.extra)
       jax.block_until_ready(out)
       elapsed = time.perf_counter() - t0
-      v.carry = (out,) if v is floor else tuple(out)
+      v.carry = (out,) if v in floors else tuple(out)
       if r >= WARMUP_ROUNDS:
         v.step_s.append(elapsed)
 
@@ -550,7 +564,7 @@ def _bench_tree(
   flat_s = flat.step_s
   optax_compile = _median(variants["optax"].compile_s)
   records: dict[str, Any] = {}
-  for v in (*variants.values(), flat, floor):
+  for v in (*variants.values(), flat, *floors):
     step_median = _median(v.step_s)
     record: dict[str, Any] = {
       "step_median_s": step_median,
@@ -562,7 +576,7 @@ def _bench_tree(
       "compile_median_s": _median(v.compile_s),
       "compile_s": v.compile_s,
     }
-    if v.key == "tree_floor":
+    if v in floors:
       record["ratio_to_optax"] = _median(
         a / b for a, b in zip(v.step_s, optax_s, strict=True)
       )
@@ -591,7 +605,7 @@ def _bench_tree(
     f"{prefix} {name}: step adam_jax/optax {ours['ratio_to_optax']:.3f}, "
     f"compile adam_jax/optax {ours['compile_ratio_to_optax']:.2f}"
   )
-  del variants, flat, floor, timed, grads, leaves, trains
+  del variants, flat, floors, floor, timed, grads, leaves, trains
   gc.collect()
   return {
     "tree": name,
@@ -792,6 +806,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
   ("state B/param", "adam_jax"),
   ("floor / optax", "step"),
   ("floor / optax", "compile"),
+  ("floor / optax", "call"),
 )
 """The ``(group, name)`` columns of ``format_table`` (two more with per-leaf)."""
 
@@ -957,6 +972,7 @@ def format_table(result: dict[str, Any]) -> str:
       f"{a['state_bytes_per_param']:.4f}",
       f"{r['tree_floor']['ratio_to_optax']:.3f}",
       f"{r['tree_floor']['compile_ratio_to_optax']:.2f}",
+      f"{r['call_floor']['ratio_to_optax']:.3f}",
     ]
     if per_leaf:
       p = r["adam_jax_per_leaf"]
@@ -971,7 +987,9 @@ def format_table(result: dict[str, Any]) -> str:
     f"GB/s: {h['bytes_per_param']} bytes x params / median step. state B/param: "
     "bytes of the optimizer state's arrays / params.",
     "floor / optax: a step doing only p - lr * g on the same tree (no optimizer"
-    " state), over optax's step: no optimizer on this tree can go below it.",
+    " state), over optax's step: no optimizer on this tree can go below it. call:"
+    " a step that returns the parameters unchanged (only the jitted call taking"
+    " and returning the tree), over optax's step.",
   ]
   if per_leaf:
     lines.append(

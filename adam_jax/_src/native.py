@@ -167,7 +167,7 @@ def _computed(x) -> bool:
     if eqn is None:
       return False
     name = getattr(getattr(eqn, "primitive", None), "name", None)
-    ins = getattr(eqn, "in_tracers", ())
+    ins: tuple[Any, ...] = tuple(getattr(eqn, "in_tracers", ()))
     if name not in _SAME_BUFFER:
       return name is not None
     if len(ins) != 1:

@@ -486,6 +486,32 @@ def test_own_leaves_share_kernel_calls(storage, tree, monkeypatch):
   _assert_same_tree(split, want)
 
 
+def test_alike_calls_share_the_traced_xla_step(monkeypatch):
+  """Kernel calls alike in one update (chunks of the same members, groups of
+  own leaves of the same shapes) trace the XLA step once; that step, lowered
+  in place of the kernel, gives XLA's results bit for bit."""
+  shapes = [(1000,)] * 96 + [(300, 256)] * 3  # 3 chunks alike; 3 own leaves
+  monkeypatch.setattr(transform, "NATIVE_GROUP_ELEMENTS", 80000)  # one a group
+  make = lambda: adam_jax.adam(1e-3, mu_dtype=BF16, nu_dtype=BF16)  # noqa: E731
+  traced = []
+  make_jaxpr = jax.make_jaxpr
+  monkeypatch.setattr(jax, "make_jaxpr", lambda f: traced.append(f) or make_jaxpr(f))
+  got = _run_tree(make, True, shapes, steps=2)
+  assert got[2].count(f"@{native.TARGET}(") == 6
+  assert len(traced) == 2  # one chunk, one own leaf
+  want = _run_tree(make, False, shapes, steps=2)
+  _assert_same_tree(got, want)
+  mlir.register_lowering(native.step_p, native._lower_xla, platform="cpu")
+  try:
+    jax.clear_caches()
+    lowered = _run_tree(make, True, shapes, steps=2)
+  finally:
+    mlir.register_lowering(native.step_p, native._lower_kernel, platform="cpu")
+    jax.clear_caches()
+  assert native.TARGET not in lowered[2]
+  _assert_same_tree(lowered, want)
+
+
 def test_packed_chunks_with_coupled_decay_stay_in_xla():
   """A chunk whose members decay (coupled, L2) is stepped by XLA."""
   make = lambda: adam_jax.adam(1e-3, weight_decay=0.1)  # noqa: E731

@@ -175,7 +175,7 @@ def _computed(x) -> bool:
     x = ins[0]
 
 
-def step(xla_fn, kernel_fn, g, stored, coef):
+def step(xla_fn, kernel_fn, g, stored, coef, jaxprs=None, key=None):
   """``kernel_fn(g, stored, coef, free)`` when lowered for the CPU, else
   ``xla_fn(g, stored)`` (the same step); derivatives are ``xla_fn``'s. Both
   return ``(updates, *stored)``: float32 updates shaped as the gradient
@@ -191,8 +191,20 @@ def step(xla_fn, kernel_fn, g, stored, coef):
 
   ``free`` tells, per gradient leaf, whether the traced function computes it
   (:func:`_computed`): the kernel may then write its update over it.
+
+  ``jaxprs``, a dict, keeps the traced XLA step under ``key`` and the shapes
+  of ``(g, stored)``, for calls in the same trace whose ``xla_fn`` is the
+  same function of its arguments (the caller's promise, which ``key``
+  carries) and closes over the same values.
   """
-  closed = jax.make_jaxpr(xla_fn)(g, stored)
+  flat, tree = jax.tree.flatten((g, stored))
+  key = (key, tree, tuple((x.shape, x.dtype) for x in flat))
+  if jaxprs is not None and key in jaxprs:
+    closed = jaxprs[key]
+  else:
+    closed = jax.make_jaxpr(xla_fn)(g, stored)
+    if jaxprs is not None:
+      jaxprs[key] = closed
   args, in_tree = jax.tree.flatten((g, stored, coef, closed.consts))
   like = ([jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in g], *stored)
   out_avals, out_tree = jax.tree.flatten(like)

@@ -257,9 +257,17 @@ inline void WithView(const Moment& mo, int64_t start, float* buffer, F&& f) {
 }
 
 // The Adam step of `len` values (moments.py's math, operation for operation).
+// `u` may be `g` (native.call's `free`): element i is read before it is
+// written, so the loop carries no dependence and vectorizes without the
+// compiler's overlap checks (which would fall back to scalar code there).
 template <class M, class V>
 inline void StepValues(const float* c, bool safe, const float* g, M m,
                        V v, float* u, int64_t len) {
+#if defined(__clang__)
+#pragma clang loop vectorize(assume_safety)
+#elif defined(__GNUC__)
+#pragma GCC ivdep
+#endif
   for (int64_t i = 0; i < len; ++i) {
     float gc = g[i];
     float mi = std::fma(c[kRate1], gc, c[kKeep1] * m.Get(i));

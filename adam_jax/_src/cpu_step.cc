@@ -441,7 +441,8 @@ ffi::Error StepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> coef,
     seg.rest = rests[i];
     seg.blocks_per_row = rests[i] == 0 ? 0 : (rests[i] + kBlock - 1) / kBlock;
     seg.first_block = total;
-    Huge(seg.u, rows[i] * rests[i] * 4);
+    // Written over its gradient (native.call's `free`), it is not fresh.
+    if (seg.u != seg.g) Huge(seg.u, rows[i] * rests[i] * 4);
     total += seg.rows * seg.blocks_per_row;
     if (seg.blocks_per_row) w.segs.push_back(seg);
   }

@@ -555,7 +555,7 @@ def _bench_tree(
       out = v.compiled(*v.carry, *v.extra)
       jax.block_until_ready(out)
       elapsed = time.perf_counter() - t0
-      v.carry = (out,) if v in floors else tuple(out)
+      v.carry = (out,) if len(v.carry) == 1 else tuple(out)  # a floor: params
       if r >= WARMUP_ROUNDS:
         v.step_s.append(elapsed)
 
@@ -576,16 +576,12 @@ def _bench_tree(
       "compile_median_s": _median(v.compile_s),
       "compile_s": v.compile_s,
     }
-    if v in floors:
+    if v is not flat:
       record["ratio_to_optax"] = _median(
         a / b for a, b in zip(v.step_s, optax_s, strict=True)
       )
       record["compile_ratio_to_optax"] = record["compile_median_s"] / optax_compile
-    elif v.key != "flat":
-      record["ratio_to_optax"] = _median(
-        a / b for a, b in zip(v.step_s, optax_s, strict=True)
-      )
-      record["compile_ratio_to_optax"] = record["compile_median_s"] / optax_compile
+    if v.key in variants:  # an optimizer's
       assert v.state_bytes is not None
       record["state_bytes"] = v.state_bytes
       record["state_bytes_per_param"] = v.state_bytes / n_params

@@ -14,6 +14,7 @@ import functools
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -201,6 +202,58 @@ def test_options_bitwise_equal_to_xla(option, storage):
 def test_other_configurations_stay_in_xla(make):
   _, _, hlo = _run(make, (4, 1024), True, steps=1)
   assert native.TARGET not in hlo
+
+
+def test_every_code_byte_decodes_as_xla():
+  """The kernel decodes whole 8-bit blocks through a table of every code
+  byte (byte permutes): every byte, those ``quantize`` never writes (-128)
+  included, must decode as XLA's ``dequantize`` does. A zero gradient keeps
+  the decoded moments in the step (m = b1 m, v = b2 v, the update from both),
+  compared bit for bit; a partial block (the computed decode) rides along."""
+
+  def make():
+    return adam_jax.adam(1e-3, mu_dtype=INT8, nu_dtype=INT8, int8_min_size=256)
+
+  shape = (6, 300)  # two blocks a row: a whole one and a partial one
+  p = jnp.ones(shape)
+  state = make().init(p)
+  rng = np.random.default_rng(3)
+  every = np.stack([rng.permutation(256) for _ in range(shape[0])])  # (6, 256)
+  rest = rng.integers(0, 256, (shape[0], shape[1] - 256))
+  codes = np.concatenate([every, rest], axis=1).astype(np.uint8)
+  decades = 10.0 ** rng.integers(-20, 20, (shape[0], 2))
+  scales = (rng.uniform(0.5, 2.0, (shape[0], 2)) * decades).astype(np.float32)
+  mu = type(state[0].mu)(jnp.asarray(codes.view(np.int8)), jnp.asarray(scales))
+  nu = type(state[0].nu)(jnp.asarray(codes[::-1]), jnp.asarray(scales[::-1]))
+  state = (state[0]._replace(count=jnp.int32(5), mu=mu, nu=nu), *state[1:])
+  g = jnp.zeros(shape)
+  out = {}
+  for on in (True, False):
+    with _native(on):
+      update = jax.jit(make().update)  # a new function: traced afresh
+      assert (native.TARGET in update.lower(g, state, p).as_text()) == on
+      out[on] = update(g, state, p)
+  for a, b in zip(jax.tree.leaves(out[True]), jax.tree.leaves(out[False]), strict=True):
+    np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_decade_of_every_float_as_xla_defines_it(tmp_path):
+  """The kernel's encoder finds a value's decade from its binary exponent (a
+  table an octave) where XLA's (``moments._indices``) compares it with each
+  bound 10^-i and scales it by one product: a C++ driver checks the kernel's
+  code index against a transcription of ``_indices`` for every float32 in
+  [0, 1], both code maps (``tests/fixtures/decade_check.cc``; about 10 s)."""
+  cxx = native._compiler()
+  if cxx is None:
+    pytest.skip("no C++ compiler on this machine")
+  driver = os.path.join(os.path.dirname(__file__), "fixtures", "decade_check.cc")
+  exe = tmp_path / "decade_check"
+  flags = [f for f in native._FLAGS if f not in ("-shared", "-fPIC")]
+  cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", f'-DSOURCE="{native._SOURCE}"']
+  subprocess.run([*cmd, driver, "-o", str(exe)], check=True, capture_output=True)
+  done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert done.stdout.split() == ["top6", "0", "top7", "0"], done.stdout
 
 
 def test_state_is_updated_in_place():

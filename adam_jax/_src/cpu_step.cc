@@ -32,6 +32,10 @@
 
 #include <sys/mman.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -88,22 +92,84 @@ inline VF Splat(float x) { return VF{} + x; }
 inline VI Splat(int32_t x) { return VI{} + x; }
 
 // moments._indices: the nearest code magnitude index of a in [0, 1], in a
-// code map with decades 0..kTop.
+// code map with decades 0..kTop. The decade k is the number of kDecade
+// bounds above a, and a is scaled into [0.1, 1] by one product with 10^k.
+constexpr float kDecade[] = {1.0f, float(1e-1), float(1e-2), float(1e-3),
+                             float(1e-4), float(1e-5), float(1e-6), float(1e-7)};
+constexpr float kTens[] = {1.0f, 10.0f, 100.0f, 1e3f, 1e4f, 1e5f, 1e6f, 1e7f};
+
+#if defined(__AVX512F__)
+// The decade from a's binary exponent: an octave [2^e, 2^(e + 1)) holds at
+// most one decade bound (they are 10x apart), so k is the number of bounds
+// at or above the octave's end (`above`) plus one where a is below the bound
+// inside it (`inside`, 0 where none). Octaves below 2^-24 (under every
+// bound) share entry 0: a's exponent bits minus kLowest, at least 0.
+constexpr int kLowest = 102;  // the exponent bits of 2^-25
+
+template <int kTop>
+struct DecadeTable {
+  alignas(64) int32_t above[32];
+  alignas(64) float inside[32];
+  alignas(64) float tens[16];
+  DecadeTable() {
+    for (int x = 0; x < 32; ++x) {
+      float hi = FromBits(uint32_t(kLowest + x + 1) << 23);
+      float lo = x == 0 ? 0.0f : FromBits(uint32_t(kLowest + x) << 23);
+      above[x] = 0;
+      inside[x] = 0.0f;
+      for (int i = 1; i <= kTop; ++i) {
+        if (kDecade[i] >= hi) above[x] += 1;
+        else if (kDecade[i] >= lo) inside[x] = kDecade[i];
+      }
+    }
+    for (int i = 0; i < 16; ++i) tens[i] = kTens[std::min(i, 7)];
+  }
+};
+
+template <int kTop>
+inline VI Decade(VF a, VF& f) {
+  static const DecadeTable<kTop> t;
+  __m512i bits = reinterpret_cast<__m512i>(a);
+  __m512i x = _mm512_max_epi32(
+      _mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(kLowest)),
+      _mm512_setzero_si512());
+  __m512i k = _mm512_permutex2var_epi32(_mm512_load_si512(t.above), x,
+                                        _mm512_load_si512(t.above + 16));
+  __m512 inside = _mm512_permutex2var_ps(_mm512_load_ps(t.inside), x,
+                                         _mm512_load_ps(t.inside + 16));
+  __mmask16 below = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(a), inside, _CMP_LT_OQ);
+  k = _mm512_mask_add_epi32(k, below, k, _mm512_set1_epi32(1));
+  __m512 ten = _mm512_permutexvar_ps(k, _mm512_load_ps(t.tens));
+  // A product with explicit rounding, which the compiler cannot contract
+  // with Index's subtraction of 0.1 into an FMA (XLA rounds it).
+  f = reinterpret_cast<VF>(_mm512_mul_round_ps(
+      reinterpret_cast<__m512>(a), ten, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return reinterpret_cast<VI>(k);
+}
+#else
+template <int kTop>
+inline VI Decade(VF a, VF& f) {
+  VI k = Splat(0);
+  for (int i = 1; i <= kTop; ++i) k -= a < kDecade[i];
+  VF ten = Splat(1.0f);
+  for (int i = 1; i <= kTop; ++i) ten = k == i ? Splat(kTens[i]) : ten;
+  f = a * ten;
+  asm("" : "+m"(f));  // rounded, not contracted with Index's subtraction
+  return k;
+}
+#endif
+
 template <int kTop>
 inline VI Index(VF a) {
-  VF f = a;
-  VI k = Splat(0);
-  for (int i = 0; i < kTop; ++i) {
-    VI small = f < 0.1f;  // -1 where true
-    f = small ? f * 10.0f : f;
-    k -= small;
-  }
+  VF f;
+  VI k = Decade<kTop>(a, f);
   VI n_int = Splat(1) << (kTop - k);
   VF n = __builtin_convertvector(n_int, VF);
   // n / 0.9f, exactly: n is a power of 2, and a quotient's rounding does not
   // depend on its scale.
   VF j = k == kTop ? f * n : (f - 0.1f) * (n * (1.0f / 0.9f));
-  // floor(j + 0.5) by truncation: j >= 0 (f >= 0.1 above the last decade).
+  // floor(j + 0.5) by truncation: j > -0.5 (f is within an ulp of 0.1 or
+  // above, above the last decade).
   VI r = __builtin_convertvector(j + 0.5f, VI);
   r = r < n_int ? r : n_int;
   return n_int - 1 + r;
@@ -134,9 +200,9 @@ struct Moment {
 };
 
 // Decodes the 8-bit block [start, start + len) (block `blk`) into `out`
-// (moments.dequantize); float moments are stepped in place (WithView).
-inline void Load(const Moment& m, int64_t start, int64_t len, int64_t blk,
-                 float* out) {
+// (moments.dequantize) by Magnitude: the reference for LoadTable below.
+inline void LoadComputed(const Moment& m, int64_t start, int64_t len,
+                         int64_t blk, float* out) {
   alignas(64) int32_t codes[kBlock];
   if (m.is_signed) {
     const int8_t* d = static_cast<const int8_t*>(m.data) + start;
@@ -158,6 +224,83 @@ inline void Load(const Moment& m, int64_t start, int64_t len, int64_t blk,
   } else {
     for (int64_t i = 0; i < kBlock / kLanes; ++i) ov[i] = Magnitude<7>(cv[i]) * s;
   }
+}
+
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+// The decoded value (before the scale) of every code byte, one table a code
+// map, made by LoadComputed itself: so the lookup equals it bit for bit, for
+// every byte (codes that quantize never writes included). Its four bytes a
+// value are stored as four 256-byte planes, for byte permutes (vpermi2b).
+struct CodeTable {
+  alignas(64) uint8_t planes[4][256];
+  explicit CodeTable(bool is_signed) {
+    alignas(64) int8_t codes[kBlock];
+    for (int i = 0; i < kBlock; ++i) codes[i] = int8_t(uint8_t(i));
+    alignas(64) float values[kBlock];
+    float one = 1.0f;
+    LoadComputed(Moment{kInt8, codes, &one, is_signed}, 0, kBlock, 0, values);
+    for (int i = 0; i < kBlock; ++i)
+      for (int b = 0; b < 4; ++b) planes[b][i] = uint8_t(Bits(values[i]) >> (8 * b));
+  }
+};
+
+const CodeTable& Table(bool is_signed) {
+  static const CodeTable s(true), u(false);
+  return is_signed ? s : u;
+}
+
+// Decodes a whole 8-bit block: each 64 codes are looked up in the table's
+// byte planes (two 128-byte permutes a plane, picked by the code's top bit)
+// and the planes interleaved into floats. The codes are first reordered so
+// that the interleave (which works within 128-bit lanes) leaves the floats in
+// order: float 16q + 4L + i comes from code position 16L + 4q + i.
+inline void LoadTable(const Moment& m, int64_t start, int64_t blk, float* out) {
+  const CodeTable& t = Table(m.is_signed);
+  alignas(64) static const uint8_t kOrder[64] = {
+      0,  1,  2,  3,  16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51,
+      4,  5,  6,  7,  20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55,
+      8,  9,  10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59,
+      12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+  const __m512i order = _mm512_load_si512(kOrder);
+  __m512i lo[4], hi[4];
+  for (int b = 0; b < 4; ++b) {
+    lo[b] = _mm512_load_si512(t.planes[b]);
+    hi[b] = _mm512_load_si512(t.planes[b] + 64);
+  }
+  __m512i lo2[4], hi2[4];
+  for (int b = 0; b < 4; ++b) {
+    lo2[b] = _mm512_load_si512(t.planes[b] + 128);
+    hi2[b] = _mm512_load_si512(t.planes[b] + 192);
+  }
+  const __m512 s = _mm512_set1_ps(m.scales[blk]);
+  const uint8_t* d = static_cast<const uint8_t*>(m.data) + start;
+  for (int64_t c = 0; c < kBlock; c += 64) {
+    __m512i codes = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(d + c));
+    __mmask64 top = _mm512_movepi8_mask(codes);
+    __m512i p[4];
+    for (int b = 0; b < 4; ++b) {
+      __m512i low = _mm512_permutex2var_epi8(lo[b], codes, hi[b]);
+      __m512i high = _mm512_permutex2var_epi8(lo2[b], codes, hi2[b]);
+      p[b] = _mm512_mask_blend_epi8(top, low, high);
+    }
+    __m512i w01l = _mm512_unpacklo_epi8(p[0], p[1]), w01h = _mm512_unpackhi_epi8(p[0], p[1]);
+    __m512i w23l = _mm512_unpacklo_epi8(p[2], p[3]), w23h = _mm512_unpackhi_epi8(p[2], p[3]);
+    __m512i f[4] = {_mm512_unpacklo_epi16(w01l, w23l), _mm512_unpackhi_epi16(w01l, w23l),
+                    _mm512_unpacklo_epi16(w01h, w23h), _mm512_unpackhi_epi16(w01h, w23h)};
+    for (int q = 0; q < 4; ++q)
+      _mm512_store_ps(out + c + 16 * q, _mm512_mul_ps(_mm512_castsi512_ps(f[q]), s));
+  }
+}
+#endif
+
+// Decodes the 8-bit block [start, start + len) (block `blk`) into `out`
+// (moments.dequantize); float moments are stepped in place (WithView).
+inline void Load(const Moment& m, int64_t start, int64_t len, int64_t blk,
+                 float* out) {
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+  if (len == kBlock) return LoadTable(m, start, blk, out);
+#endif
+  LoadComputed(m, start, len, blk, out);
 }
 
 // Encodes `x` into the 8-bit block (moments.quantize's block).

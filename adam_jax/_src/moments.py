@@ -396,19 +396,23 @@ def _magnitudes(index: jax.Array, top: int) -> jax.Array:
 
 
 def _indices(a: jax.Array, top: int, positive: jax.Array | None) -> jax.Array:
-  """The index of the nearest code magnitude to ``a`` (float32 in [0, 1]).
+  r"""The index of the nearest code magnitude to ``a`` (float32 in [0, 1]).
 
-  The decade comes from scaling by 10 while below 0.1; within a decade the
-  codes are evenly spaced, and the decades' ends are codes, so rounding there
-  finds the nearest. Where ``positive`` (the second moment: a zero would
-  divide the step by ``eps``) a value never rounds to 0.
+  The decade :math:`k` is the number of bounds :math:`10^{-i}` (``float32``,
+  :math:`1 \le i \le` ``top``) above ``a``, and ``a`` is scaled into
+  :math:`[0.1, 1]` by one product with :math:`10^k` (exact in ``float32``);
+  within a decade the codes are evenly spaced, and the decades' ends are
+  codes, so rounding there finds the nearest. Where ``positive`` (the second
+  moment: a zero would divide the step by ``eps``) a value never rounds to 0.
+  (``cpu_step.cc`` finds the same decade from ``a``'s binary exponent.)
   """
-  f = a
   k = jnp.zeros(a.shape, jnp.int32)
-  for _ in range(top):
-    small = f < 0.1
-    f = jnp.where(small, f * 10, f)
-    k = k + small.astype(jnp.int32)
+  for i in range(1, top + 1):
+    k = k + (a < jnp.float32(10.0**-i)).astype(jnp.int32)
+  ten = jnp.ones(a.shape, jnp.float32)
+  for i in range(1, top + 1):
+    ten = jnp.where(k == i, jnp.float32(10.0**i), ten)
+  f = a * ten
   n_int = jax.lax.shift_left(jnp.int32(1), top - k)
   n = n_int.astype(jnp.float32)
   bottom = k == top

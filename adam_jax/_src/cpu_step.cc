@@ -329,6 +329,25 @@ inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
     VF xs = xv[i];
     VF mag = reinterpret_cast<VF>(reinterpret_cast<VI>(xs) & 0x7FFFFFFF);
     VF a = (mag * pre) * inv;
+#if defined(__AVX512F__)
+    // min(a, 1) where a is a number, 0 where NaN; the sign, or (the second
+    // moment) at least code 1 where positive, by masked instructions.
+    __m512 af = reinterpret_cast<__m512>(a);
+    __mmask16 number = _mm512_cmp_ps_mask(af, af, _CMP_ORD_Q);
+    a = reinterpret_cast<VF>(_mm512_maskz_min_ps(number, af, _mm512_set1_ps(1.0f)));
+    __m512 xf = reinterpret_cast<__m512>(xs);
+    if (m.is_signed) {
+      __m512i index = reinterpret_cast<__m512i>(Index<6>(a));
+      __mmask16 negative = _mm512_cmp_ps_mask(xf, _mm512_setzero_ps(), _CMP_LT_OQ);
+      cv[i] = reinterpret_cast<VI>(
+          _mm512_mask_sub_epi32(index, negative, _mm512_setzero_si512(), index));
+    } else {
+      __m512i index = reinterpret_cast<__m512i>(Index<7>(a));
+      __mmask16 positive = _mm512_cmp_ps_mask(xf, _mm512_setzero_ps(), _CMP_GT_OQ);
+      cv[i] = reinterpret_cast<VI>(
+          _mm512_mask_max_epi32(index, positive, index, _mm512_set1_epi32(1)));
+    }
+#else
     a = a < 1.0f ? a : (a >= 1.0f ? Splat(1.0f) : Splat(0.0f));
     if (m.is_signed) {
       VI index = Index<6>(a);
@@ -338,6 +357,7 @@ inline void Store(const Moment& m, int64_t start, int64_t len, int64_t blk,
       VI positive = -(xs > 0.0f);
       cv[i] = index > positive ? index : positive;
     }
+#endif
   }
   if (m.is_signed) {
     int8_t* d = static_cast<int8_t*>(m.data) + start;

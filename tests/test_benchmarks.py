@@ -142,6 +142,15 @@ def test_state_formats_table(tmp_path):
     assert math.isfinite(results[key]["train_ratio_to_adam_jax"]), key
   assert results["adam_jax"]["ratio_to_adam_jax"] == 1.0
   assert results["adam_jax"]["train_ratio_to_adam_jax"] == 1.0
+  # The update step's temporaries: XLA fuses float32 moments' update into
+  # apply_updates (no update buffer); the kernel that steps bf16 moments
+  # writes a float32 update buffer (4 bytes a parameter) that apply_updates
+  # then reads. In the training step it writes over the gradient instead.
+  if native.enabled():
+    assert results["adam_jax"]["temp_bytes"] < 4 * n
+    assert results["adam_jax_bf16"]["temp_bytes"] >= 4 * n
+  for key in expected:
+    assert results[key]["train_temp_bytes"] >= 0, key
   assert "train_step_s" not in results["optax"]
   assert "optimizer state formats" in proc.stdout
   assert benchmarks.format_table(result) in proc.stdout

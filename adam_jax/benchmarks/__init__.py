@@ -408,6 +408,7 @@ class _Variant:
   compile_s: list[float] = dataclasses.field(default_factory=list)
   step_s: list[float] = dataclasses.field(default_factory=list)
   state_bytes: int | None = None
+  temp_bytes: int | None = None
 
 
 STATE_FORMATS: dict[str, Any] = {"bf16": jnp.bfloat16, "int8": "int8"}
@@ -453,6 +454,17 @@ def _timed_compile(
   compiled = lowered.compile()
   t2 = time.perf_counter()
   return compiled, t1 - t0, t2 - t0
+
+
+def _temp_bytes(compiled: Any) -> int | None:
+  """The compiled step's temporary buffer, in bytes (``None`` where the
+  backend does not say). XLA:CPU allocates it afresh on every call."""
+  try:
+    analysis = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  size = getattr(analysis, "temp_size_in_bytes", None)
+  return None if size is None else int(size)
 
 
 def _median(xs: Iterable[float]) -> float:
@@ -523,6 +535,7 @@ def _bench_tree(
       )
       v.lower_s.append(lower_s)
       v.compile_s.append(compile_s)
+      v.temp_bytes = _temp_bytes(v.compiled)
       log(f"{prefix} {name}: {key} compiled in {compile_s:.2f} s")
   flat.compiled, lower_s, compile_s = _timed_compile(
     _flat_adam_step, (0, 1, 2, 3), flat.carry + flat.extra
@@ -544,6 +557,7 @@ def _bench_tree(
     v.compiled, _, _ = _timed_compile(
       _make_train_step(optimizers[key]()), (0, 1), v.carry + v.extra
     )
+    v.temp_bytes = _temp_bytes(v.compiled)
 
   timed = [*variants.values(), flat, *floors, *trains.values()]
   log(
@@ -585,6 +599,7 @@ def _bench_tree(
       assert v.state_bytes is not None
       record["state_bytes"] = v.state_bytes
       record["state_bytes_per_param"] = v.state_bytes / n_params
+      record["temp_bytes"] = v.temp_bytes
       record["ratio_to_adam_jax"] = _median(
         a / b for a, b in zip(v.step_s, float32_s, strict=True)
       )
@@ -592,6 +607,7 @@ def _bench_tree(
       if train is not None:  # its training step, against float32 moments'
         record["train_step_median_s"] = _median(train.step_s)
         record["train_step_s"] = train.step_s
+        record["train_temp_bytes"] = train.temp_bytes
         record["train_ratio_to_adam_jax"] = _median(
           a / b for a, b in zip(train.step_s, trains["adam_jax"].step_s, strict=True)
         )
@@ -725,12 +741,14 @@ def run(
     ``flat`` (and ``adam_jax_per_leaf``, ``adam_jax_bf16``, ``adam_jax_int8``)
     to their medians, raw per-round step times and compile times in seconds,
     effective GB/s and ratios; the optimizers also have ``state_bytes``,
-    ``state_bytes_per_param`` and ``ratio_to_adam_jax`` (step time over
-    adam_jax's with float32 state, the median of per-round ratios); with
-    ``state_formats``, adam_jax's also have ``train_step_median_s``,
-    ``train_step_s`` and ``train_ratio_to_adam_jax``, the same for a training
-    step (``_make_train_step``: the gradient of a least-squares loss,
-    computed in the step).
+    ``state_bytes_per_param``, ``ratio_to_adam_jax`` (step time over
+    adam_jax's with float32 state, the median of per-round ratios) and
+    ``temp_bytes`` (the compiled step's temporary buffer, ``None`` where the
+    backend does not report it); with ``state_formats``, adam_jax's also have
+    ``train_step_median_s``, ``train_step_s``, ``train_ratio_to_adam_jax``
+    and ``train_temp_bytes``, the same for a training step
+    (``_make_train_step``: the gradient of a least-squares loss, computed in
+    the step).
 
   Raises:
     ValueError: for an unknown tree name, ``steps < 1`` or
@@ -872,10 +890,16 @@ STATE_FORMAT_COLUMNS: tuple[tuple[str, str], ...] = (
   ("", "compile s"),
   ("", "step ms"),
   ("", "step / float32"),
+  ("", "temp MiB"),
   ("training step", "ms"),
   ("training step", "/ float32"),
+  ("training step", "temp MiB"),
 )
 """The columns of the ``--state-formats`` table."""
+
+
+def _fmt_mib(nbytes: int | None) -> str:
+  return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
 def _state_format_table(result: dict[str, Any]) -> list[str]:
@@ -892,8 +916,10 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
           _fmt_s(r["compile_median_s"]),
           _fmt_ms(r["step_median_s"]),
           f"{r['ratio_to_adam_jax']:.2f}",
+          _fmt_mib(r.get("temp_bytes")),
           _fmt_ms(r["train_step_median_s"]),
           f"{r['train_ratio_to_adam_jax']:.2f}",
+          _fmt_mib(r.get("train_temp_bytes")),
         ]
       )
   return [
@@ -906,6 +932,9 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
     f" step (a linear layer over each matrix's first axis, batch {TRAIN_BATCH};"
     " vectors scale their input), then the update and apply_updates: the"
     " gradient is produced in the step, as in training, not an input it must keep.",
+    "temp MiB: the compiled step's temporary buffer, which XLA:CPU allocates on"
+    " every call; glibc maps one over 32 MiB fresh from the OS each time (its pages"
+    " zeroed on first write), unless told to keep freed memory (README).",
   ]
 
 

@@ -159,6 +159,41 @@ inline VI Decade(VF a, VF& f) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// Index's per-decade quantities, looked up by k (one permute each): n_int,
+// and j's offset and factor (0 and n in the last decade, where j = f n).
+template <int kTop>
+struct StepTable {
+  alignas(64) int32_t n_int[16];
+  alignas(64) float offset[16];
+  alignas(64) float factor[16];
+  StepTable() {
+    for (int k = 0; k < 16; ++k) {
+      int kk = std::min(k, kTop);
+      n_int[k] = 1 << (kTop - kk);
+      float n = float(n_int[k]);
+      offset[k] = kk == kTop ? 0.0f : 0.1f;
+      factor[k] = kk == kTop ? n : n * (1.0f / 0.9f);
+    }
+  }
+};
+
+template <int kTop>
+inline VI Index(VF a) {
+  static const StepTable<kTop> t;
+  VF f;
+  __m512i k = reinterpret_cast<__m512i>(Decade<kTop>(a, f));
+  __m512i n_int = _mm512_permutexvar_epi32(k, _mm512_load_si512(t.n_int));
+  __m512 offset = _mm512_permutexvar_ps(k, _mm512_load_ps(t.offset));
+  __m512 factor = _mm512_permutexvar_ps(k, _mm512_load_ps(t.factor));
+  // (f - 0) n == f n exactly: the last decade's j, as below.
+  __m512 j = _mm512_mul_ps(_mm512_sub_ps(reinterpret_cast<__m512>(f), offset), factor);
+  __m512i r = _mm512_cvttps_epi32(_mm512_add_ps(j, _mm512_set1_ps(0.5f)));
+  r = _mm512_min_epi32(r, n_int);
+  return reinterpret_cast<VI>(
+      _mm512_add_epi32(_mm512_sub_epi32(n_int, _mm512_set1_epi32(1)), r));
+}
+#else
 template <int kTop>
 inline VI Index(VF a) {
   VF f;
@@ -174,6 +209,7 @@ inline VI Index(VF a) {
   r = r < n_int ? r : n_int;
   return n_int - 1 + r;
 }
+#endif
 
 // moments._magnitudes: the code magnitude of index in [0, 2**(kTop + 1)).
 template <int kTop>

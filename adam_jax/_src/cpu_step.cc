@@ -108,9 +108,15 @@ constexpr int kLowest = 102;  // the exponent bits of 2^-25
 
 template <int kTop>
 struct DecadeTable {
+  // By octave: the bounds above it, the bound inside it.
   alignas(64) int32_t above[32];
   alignas(64) float inside[32];
+  // By decade k (Index): 10^k, n_int, and j's offset and factor (0 and n in
+  // the last decade, where j = f n: (f - 0) n == f n exactly).
   alignas(64) float tens[16];
+  alignas(64) int32_t n_int[16];
+  alignas(64) float offset[16];
+  alignas(64) float factor[16];
   DecadeTable() {
     for (int x = 0; x < 32; ++x) {
       float hi = FromBits(uint32_t(kLowest + x + 1) << 23);
@@ -122,13 +128,26 @@ struct DecadeTable {
         else if (kDecade[i] >= lo) inside[x] = kDecade[i];
       }
     }
-    for (int i = 0; i < 16; ++i) tens[i] = kTens[std::min(i, 7)];
+    for (int k = 0; k < 16; ++k) {
+      int d = std::min(k, kTop);
+      tens[k] = kTens[d];
+      n_int[k] = 1 << (kTop - d);
+      float n = float(n_int[k]);
+      offset[k] = d == kTop ? 0.0f : 0.1f;
+      factor[k] = d == kTop ? n : n * (1.0f / 0.9f);
+    }
   }
 };
 
 template <int kTop>
-inline VI Decade(VF a, VF& f) {
+const DecadeTable<kTop>& Tables() {
   static const DecadeTable<kTop> t;
+  return t;
+}
+
+template <int kTop>
+inline VI Decade(VF a, VF& f) {
+  const DecadeTable<kTop>& t = Tables<kTop>();
   __m512i bits = reinterpret_cast<__m512i>(a);
   __m512i x = _mm512_max_epi32(
       _mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(kLowest)),
@@ -160,33 +179,14 @@ inline VI Decade(VF a, VF& f) {
 #endif
 
 #if defined(__AVX512F__)
-// Index's per-decade quantities, looked up by k (one permute each): n_int,
-// and j's offset and factor (0 and n in the last decade, where j = f n).
-template <int kTop>
-struct StepTable {
-  alignas(64) int32_t n_int[16];
-  alignas(64) float offset[16];
-  alignas(64) float factor[16];
-  StepTable() {
-    for (int k = 0; k < 16; ++k) {
-      int kk = std::min(k, kTop);
-      n_int[k] = 1 << (kTop - kk);
-      float n = float(n_int[k]);
-      offset[k] = kk == kTop ? 0.0f : 0.1f;
-      factor[k] = kk == kTop ? n : n * (1.0f / 0.9f);
-    }
-  }
-};
-
 template <int kTop>
 inline VI Index(VF a) {
-  static const StepTable<kTop> t;
+  const DecadeTable<kTop>& t = Tables<kTop>();
   VF f;
   __m512i k = reinterpret_cast<__m512i>(Decade<kTop>(a, f));
   __m512i n_int = _mm512_permutexvar_epi32(k, _mm512_load_si512(t.n_int));
   __m512 offset = _mm512_permutexvar_ps(k, _mm512_load_ps(t.offset));
   __m512 factor = _mm512_permutexvar_ps(k, _mm512_load_ps(t.factor));
-  // (f - 0) n == f n exactly: the last decade's j, as below.
   __m512 j = _mm512_mul_ps(_mm512_sub_ps(reinterpret_cast<__m512>(f), offset), factor);
   __m512i r = _mm512_cvttps_epi32(_mm512_add_ps(j, _mm512_set1_ps(0.5f)));
   r = _mm512_min_epi32(r, n_int);

@@ -18,8 +18,8 @@
 // the configurations that transform._native_ok sends here, operation for
 // operation, with the scalar coefficients computed by XLA and passed in
 // `coef`: the results equal XLA's bit for bit (tests/test_native.py). Where
-// XLA contracts a multiply and an add into an FMA, so does this code (and
-// nowhere else: it is compiled without -ffp-contract).
+// XLA contracts a multiply and an add into an FMA, so does this code, by
+// std::fma or Fma (and nowhere else: it is compiled with -ffp-contract=off).
 
 #include <algorithm>
 #include <atomic>
@@ -159,10 +159,7 @@ inline VI Decade(VF a, VF& f) {
   __mmask16 below = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(a), inside, _CMP_LT_OQ);
   k = _mm512_mask_add_epi32(k, below, k, _mm512_set1_epi32(1));
   __m512 ten = _mm512_permutexvar_ps(k, _mm512_load_ps(t.tens));
-  // A product with explicit rounding, which the compiler cannot contract
-  // with Index's subtraction of 0.1 into an FMA (XLA rounds it).
-  f = reinterpret_cast<VF>(_mm512_mul_round_ps(
-      reinterpret_cast<__m512>(a), ten, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  f = reinterpret_cast<VF>(_mm512_mul_ps(reinterpret_cast<__m512>(a), ten));
   return reinterpret_cast<VI>(k);
 }
 #else
@@ -173,7 +170,6 @@ inline VI Decade(VF a, VF& f) {
   VF ten = Splat(1.0f);
   for (int i = 1; i <= kTop; ++i) ten = k == i ? Splat(kTens[i]) : ten;
   f = a * ten;
-  asm("" : "+m"(f));  // rounded, not contracted with Index's subtraction
   return k;
 }
 #endif
@@ -211,6 +207,19 @@ inline VI Index(VF a) {
 }
 #endif
 
+// a * b + c rounded once, as XLA contracts it.
+inline VF Fma(VF a, VF b, VF c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VF>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a),
+                                              reinterpret_cast<__m512>(b),
+                                              reinterpret_cast<__m512>(c)));
+#else
+  VF r;
+  for (int l = 0; l < kLanes; ++l) r[l] = std::fma(a[l], b[l], c[l]);
+  return r;
+#endif
+}
+
 // moments._magnitudes: the code magnitude of index in [0, 2**(kTop + 1)).
 template <int kTop>
 inline VF Magnitude(VI index) {
@@ -220,7 +229,7 @@ inline VF Magnitude(VI index) {
   VI n = one << e;
   VF inv_n = reinterpret_cast<VF>((127 - e) << 23);
   VF j = __builtin_convertvector(index - n + 1, VF);
-  VF frac = e == 0 ? j : 0.1f + 0.9f * (j * inv_n);
+  VF frac = e == 0 ? j : Fma(Splat(0.9f), j * inv_n, Splat(0.1f));
   constexpr float kPowers[] = {1.0f, 0.1f, 0.01f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f};
   VF decade = Splat(1.0f);
   for (int k = 1; k <= kTop; ++k) decade = e == kTop - k ? Splat(kPowers[k]) : decade;

@@ -46,6 +46,10 @@ _FLAGS = [
   "-march=native",
   "-fno-math-errno",
   "-fno-trapping-math",
+  # No implicit FMAs (GCC contracts by default, clang within expressions):
+  # cpu_step.cc writes one exactly where XLA contracts, so that its results
+  # are XLA's with any compiler.
+  "-ffp-contract=off",
   "-std=c++17",
   "-shared",
   "-fPIC",

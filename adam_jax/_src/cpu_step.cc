@@ -230,9 +230,8 @@ inline VF Magnitude(VI index) {
   VF inv_n = reinterpret_cast<VF>((127 - e) << 23);
   VF j = __builtin_convertvector(index - n + 1, VF);
   VF frac = e == 0 ? j : Fma(Splat(0.9f), j * inv_n, Splat(0.1f));
-  constexpr float kPowers[] = {1.0f, 0.1f, 0.01f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f};
   VF decade = Splat(1.0f);
-  for (int k = 1; k <= kTop; ++k) decade = e == kTop - k ? Splat(kPowers[k]) : decade;
+  for (int k = 1; k <= kTop; ++k) decade = e == kTop - k ? Splat(kDecade[k]) : decade;
   return index == 0 ? Splat(0.0f) : frac * decade;
 }
 
@@ -307,13 +306,10 @@ inline void LoadTable(const Moment& m, int64_t start, int64_t blk, float* out) {
       8,  9,  10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59,
       12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
   const __m512i order = _mm512_load_si512(kOrder);
-  __m512i lo[4], hi[4];
+  __m512i lo[4], hi[4], lo2[4], hi2[4];  // each plane's four 64-byte quarters
   for (int b = 0; b < 4; ++b) {
     lo[b] = _mm512_load_si512(t.planes[b]);
     hi[b] = _mm512_load_si512(t.planes[b] + 64);
-  }
-  __m512i lo2[4], hi2[4];
-  for (int b = 0; b < 4; ++b) {
     lo2[b] = _mm512_load_si512(t.planes[b] + 128);
     hi2[b] = _mm512_load_si512(t.planes[b] + 192);
   }

@@ -15,11 +15,11 @@ from adam_jax._src.alias import nadam as nadam
 from adam_jax._src.alias import nadamw as nadamw
 from adam_jax._src.averaging import ParamAverageState as ParamAverageState
 from adam_jax._src.averaging import averaged_params as averaged_params
-from adam_jax._src.fused import PackedMoments as PackedMoments
-from adam_jax._src.moments import QuantizedMoment as QuantizedMoment
-from adam_jax._src.moments import code_map as code_map
+from adam_jax._src.packing import PackedMoments as PackedMoments
 from adam_jax._src.sharding import state_shardings as state_shardings
-from adam_jax._src.transform import ScaleByAdamState as ScaleByAdamState
+from adam_jax._src.state import ScaleByAdamState as ScaleByAdamState
+from adam_jax._src.storage.int8 import QuantizedMoment as QuantizedMoment
+from adam_jax._src.storage.int8 import code_map as code_map
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
 
 __version__ = "0.1.0"

@@ -188,34 +188,15 @@ def count_params(model: nnx.Module) -> int:
   return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def train_one(
-  name: str,
-  tx: optax.GradientTransformation,
-  model: nnx.Module,
-  data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-  *,
-  epochs: int,
-  batch_size: int,
-  seed: int,
-  progress: bool = True,
-) -> Result:
-  """Trains ``model`` (modified in place) with ``tx``; returns the measurements.
+def _jitted_steps(
+  graphdef: Any,
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """The jitted train step and evaluation of the split ``(model, optimizer)``.
 
-  The train step is one jitted function of the split ``(model, optimizer)``
-  state (Flax's functional pattern, which avoids re-traversing the object
-  graph on every call); the state buffers are donated.
+  ``train_step(state, x, y)`` returns the new state and the minibatch loss; it
+  donates ``state``. ``evaluate(state, x, y)`` returns the loss and accuracy of
+  the model in eval mode (BatchNorm's running statistics).
   """
-  x_train, y_train, x_test, y_test = data
-  n_train = x_train.shape[0]
-  batch_size = min(batch_size, n_train)
-  steps_per_epoch = n_train // batch_size
-
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  # The step donates its input buffers; copy them first, so that other models
-  # sharing arrays with this one (``nnx.clone`` does not copy) stay valid.
-  state = jax.tree.map(jnp.copy, state)
-  state_bytes = tree_bytes(optimizer.opt_state)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, x, y):
@@ -237,13 +218,75 @@ def train_one(
     accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
     return cross_entropy(logits, y), accuracy
 
+  return train_step, evaluate
+
+
+def _train_epoch(
+  train_step: Callable[..., Any],
+  state: Any,
+  x: np.ndarray,
+  y: np.ndarray,
+  order: np.ndarray,
+  batch_size: int,
+  bar: Any,
+  losses: list[float],
+  seconds: list[float],
+) -> Any:
+  """Runs one epoch's full minibatches of ``x, y`` taken in ``order``.
+
+  Appends each step's loss to ``losses`` and its wall time (waiting for the
+  step) to ``seconds``, advances the progress ``bar``, and returns the state.
+  """
+  for i in range(len(order) // batch_size):
+    idx = order[i * batch_size : (i + 1) * batch_size]
+    start = time.perf_counter()
+    state, loss = train_step(state, x[idx], y[idx])
+    loss = float(loss)  # waits for the step
+    seconds.append(time.perf_counter() - start)
+    losses.append(loss)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+  return state
+
+
+def train_one(
+  name: str,
+  tx: optax.GradientTransformation,
+  model: nnx.Module,
+  data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+  *,
+  epochs: int,
+  batch_size: int,
+  seed: int,
+  progress: bool = True,
+) -> Result:
+  """Trains ``model`` (modified in place) with ``tx``; returns the measurements.
+
+  The train step is one jitted function of the split ``(model, optimizer)``
+  state (Flax's functional pattern, which avoids re-traversing the object
+  graph on every call); the state buffers are donated. The first step's time,
+  which includes tracing and compiling, is left out of ``step_seconds`` unless
+  it is the only step.
+  """
+  x_train, y_train, x_test, y_test = data
+  n_train = x_train.shape[0]
+  batch_size = min(batch_size, n_train)
+
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  # The step donates its input buffers; copy them first, so that other models
+  # sharing arrays with this one (``nnx.clone`` does not copy) stay valid.
+  state = jax.tree.map(jnp.copy, state)
+  state_bytes = tree_bytes(optimizer.opt_state)
+  train_step, evaluate = _jitted_steps(graphdef)
+
   rng = np.random.default_rng(seed)
   step_losses: list[float] = []
-  step_seconds: list[float] = []
+  all_seconds: list[float] = []
   epoch_train_loss: list[float] = []
   epoch_test_accuracy: list[float] = []
   bar = tqdm.tqdm(
-    total=epochs * steps_per_epoch,
+    total=epochs * (n_train // batch_size),
     desc=f"{name:>8}",
     unit="step",
     disable=not progress,
@@ -251,19 +294,19 @@ def train_one(
     dynamic_ncols=True,
   )
   with bar:
-    for epoch in range(epochs):
-      perm = rng.permutation(n_train)
-      for i in range(steps_per_epoch):
-        idx = perm[i * batch_size : (i + 1) * batch_size]
-        start = time.perf_counter()
-        state, loss = train_step(state, x_train[idx], y_train[idx])
-        loss = float(loss)  # waits for the step
-        elapsed = time.perf_counter() - start
-        if epoch or i:  # the first call also traces and compiles
-          step_seconds.append(elapsed)
-        step_losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    for _ in range(epochs):
+      order = rng.permutation(n_train)
+      state = _train_epoch(
+        train_step,
+        state,
+        x_train,
+        y_train,
+        order,
+        batch_size,
+        bar,
+        step_losses,
+        all_seconds,
+      )
       train_loss, _ = evaluate(state, x_train, y_train)
       _, test_accuracy = evaluate(state, x_test, y_test)
       epoch_train_loss.append(float(train_loss))
@@ -273,14 +316,13 @@ def train_one(
         test_acc=f"{100 * epoch_test_accuracy[-1]:.1f}%",
       )
   nnx.update((model, optimizer), state)
-  if not step_seconds:  # a single step in all: report its (compile) time
-    step_seconds.append(elapsed)
   return Result(
     name=name,
     step_losses=step_losses,
     epoch_train_loss=epoch_train_loss,
     epoch_test_accuracy=epoch_test_accuracy,
-    step_seconds=step_seconds,
+    # The first call also traces and compiles; a single step in all reports it.
+    step_seconds=all_seconds[1:] or all_seconds[-1:],
     state_bytes=state_bytes,
     num_params=count_params(model),
   )

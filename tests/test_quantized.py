@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax._src import moments
+from adam_jax._src.storage import int8
 from tests import _procs
 from tests.conftest import optax_mode
 
@@ -76,14 +76,14 @@ def test_round_trip_is_the_nearest_code_within_the_stated_bound(case, shape, sig
   x = CASES[case](rng, int(np.prod(shape))).astype(np.float32).reshape(shape)
   if not signed:
     x = np.abs(x)
-  (q,) = moments.quantize([jnp.asarray(x)], [signed])
+  (q,) = int8.quantize([jnp.asarray(x)], [signed])
   assert q.codes.dtype == (np.int8 if signed else np.uint8)
   assert q.codes.shape == shape
-  assert q.scales.shape == moments.scales_shape(shape)
+  assert q.scales.shape == int8.scales_shape(shape)
   y = np.asarray(q.dequantize(), np.float64)
   assert y.shape == shape
   # Blocks run along the trailing axes: compare in the same blocked view.
-  a = moments._block_axis(shape)
+  a = int8.block_axis(shape)
   rows = x.reshape(*shape[:a], -1).reshape(-1, int(np.prod(shape[a:])))
   xb = np.concatenate([_blocks(r) for r in rows])
   yb = np.concatenate([_blocks(r) for r in y.reshape(rows.shape)])
@@ -109,8 +109,8 @@ def test_non_finite_values_do_not_poison_their_block():
   bad = x.copy()
   bad[[3, 300]] = [np.nan, np.inf]
   bad[7] = -np.inf
-  (q,) = moments.quantize([jnp.asarray(bad)], [True])
-  (ref,) = moments.quantize([jnp.asarray(np.where(np.isfinite(bad), bad, 0))], [True])
+  (q,) = int8.quantize([jnp.asarray(bad)], [True])
+  (ref,) = int8.quantize([jnp.asarray(np.where(np.isfinite(bad), bad, 0))], [True])
   y, y_ref = np.asarray(q.dequantize()), np.asarray(ref.dequantize())
   scales = np.asarray(ref.scales)
   np.testing.assert_array_equal(np.asarray(q.scales), scales)

@@ -22,10 +22,14 @@ import jax.numpy as jnp
 import optax
 
 from adam_jax._src import averaging
-from adam_jax._src import fused
-from adam_jax._src import moments
+from adam_jax._src import packing
+from adam_jax._src import placement
+from adam_jax._src import rule
+from adam_jax._src import storage
 from adam_jax._src import transform
 from adam_jax._src import validation
+from adam_jax._src.config import checked_config
+from adam_jax._src.state import ScaleByAdamState
 
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 MaskOrFn: TypeAlias = Any | Callable[[optax.Params], Any] | None
@@ -35,7 +39,7 @@ def _scale_leaf(g, s):
   """``s * g`` in at least float32, returned in ``g``'s dtype."""
   if isinstance(s, (int, float)):
     return s * g
-  cdt = moments.compute_dtype(g.dtype)
+  cdt = storage.compute_dtype(g.dtype)
   return (jnp.asarray(s).astype(cdt) * g.astype(cdt)).astype(g.dtype)
 
 
@@ -44,7 +48,7 @@ def _init_schedule(value: ScalarOrSchedule):
 
   def init_fn(params):
     if callable(value):
-      return optax.ScaleByScheduleState(count=moments.counter(params))
+      return optax.ScaleByScheduleState(count=placement.counter(params))
     return optax.EmptyState()
 
   return init_fn
@@ -89,8 +93,8 @@ def _add_decayed_weights(
     def decay(g, p):
       if g is None:
         return None
-      cdt = moments.compute_dtype(g.dtype)
-      s_c = moments.cast_hyperparameter(s, cdt)
+      cdt = storage.compute_dtype(g.dtype)
+      s_c = rule.cast_hyperparameter(s, cdt)
       decayed = s_c * jnp.asarray(p).astype(cdt)
       g_c = g.astype(cdt)
       return (g_c + decayed if sign > 0 else g_c - decayed).astype(g.dtype)
@@ -153,7 +157,7 @@ def _kahan_updates() -> optax.GradientTransformation:
     return KahanState(
       compensation=jax.tree.map(
         lambda p: (
-          moments.zeros(p, jnp.result_type(p), True) if _low_precision(p) else None
+          storage.zeros(p, jnp.result_type(p), True) if _low_precision(p) else None
         ),
         params,
       )
@@ -220,15 +224,15 @@ def _chain(
   def update_fn(updates, state, params=None, **extra_args):
     validation.check_param_dtypes("updates", updates)
     adam_state = state[0] if isinstance(state, tuple) and state else None
-    if isinstance(adam_state, transform.ScaleByAdamState):  # name gradient paths
+    if isinstance(adam_state, ScaleByAdamState):  # name gradient paths
       validation.check_tree_matches(
-        "updates", updates, "state[0].mu", fused.logical(adam_state.mu)
+        "updates", updates, "state[0].mu", packing.logical(adam_state.mu)
       )
     expected = jax.eval_shape(chain.init, updates)
     if jax.tree.structure(state) != jax.tree.structure(expected):
       # Compared as trees: how the moments are packed is not part of the
       # contract (a state stored either way steps the same).
-      validation.check_state(fused.logical(state), fused.logical(expected))
+      validation.check_state(packing.logical(state), packing.logical(expected))
     new_updates, new_state = chain.update(updates, state, params, **extra_args)
     if not skip_nonfinite:
       return new_updates, new_state
@@ -264,7 +268,7 @@ def adam(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
@@ -434,7 +438,7 @@ def adamw(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
@@ -558,7 +562,7 @@ def nadam(
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
@@ -613,7 +617,7 @@ def nadamw(
   nu_dtype: Any | None = None,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
@@ -667,7 +671,7 @@ def amsgrad(
   *,
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
@@ -718,7 +722,7 @@ def amsgrad(
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  cfg = transform.checked_config(
+  cfg = checked_config(
     b1,
     b2,
     eps,
@@ -754,7 +758,7 @@ def adamax(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
-  int8_min_size: int = moments.INT8_MIN_SIZE,
+  int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
@@ -805,7 +809,7 @@ def adamax(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  cfg = transform.checked_config(
+  cfg = checked_config(
     b1,
     b2,
     eps,

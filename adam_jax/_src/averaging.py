@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adam_jax._src import moments
+from adam_jax._src import placement
+from adam_jax._src import rule
+from adam_jax._src import storage
 from adam_jax._src import validation
 
 AVERAGE_MODES = ("paper", "keras")
@@ -60,9 +62,9 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
 
   def init_fn(params):
     return ParamAverageState(
-      count=moments.counter(params),
+      count=placement.counter(params),
       average=jax.tree.map(
-        lambda p: jnp.asarray(p).astype(moments.compute_dtype(jnp.result_type(p))),
+        lambda p: jnp.asarray(p).astype(storage.compute_dtype(jnp.result_type(p))),
         params,
       ),
     )
@@ -77,12 +79,12 @@ def average_params(decay: Any, mode: str) -> optax.GradientTransformation:
       if u is None:
         return a
       p = jnp.asarray(p)
-      cdt = moments.compute_dtype(p.dtype)
+      cdt = storage.compute_dtype(p.dtype)
       # theta_t exactly as optax.apply_updates rounds it.
       theta = (p.astype(cdt) + u.astype(cdt)).astype(p.dtype).astype(a.dtype)
-      rdt = moments.real_dtype(a.dtype)
-      b = moments.cast_hyperparameter(decay, rdt)
-      _, rate, correction = moments.ema_coefficients(b, count.astype(rdt))
+      rdt = storage.real_dtype(a.dtype)
+      b = rule.cast_hyperparameter(decay, rdt)
+      _, rate, correction = rule.ema_coefficients(b, count.astype(rdt))
       if mode == "paper":
         r = rate / correction
       else:

@@ -2,7 +2,7 @@
 
 Every moment is laid out like its parameter by construction (``init`` places
 it there, or ties it to the parameter under ``jit``: see
-:func:`moments.follow`). :func:`state_shardings` states that layout ahead of
+:func:`storage.follow`). :func:`state_shardings` states that layout ahead of
 time, for ``jax.jit(tx.init, out_shardings=...)``, for a jitted step's
 ``in_shardings``/``out_shardings`` and for Orbax restore targets, and splits
 it further over a mesh axis on request.
@@ -17,9 +17,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import optax
 
-from adam_jax._src import fused
-from adam_jax._src import moments
+from adam_jax._src import packing
+from adam_jax._src import placement
 from adam_jax._src import validation
+from adam_jax._src.storage import int8
 
 
 class _NotLike(Exception):
@@ -182,7 +183,7 @@ def _assign(node: Any, info: Any, replicated: Any, partition: Any) -> Any:
   containers)."""
   if node is None:
     return None
-  if fused.is_packed(node):  # only in one-device processes: one placement
+  if packing.is_packed(node):  # only in one-device processes: one placement
     return jax.tree.map(lambda _: replicated, node)
   try:
     return jax.tree.map(lambda p, x: _like(p, x, partition), info, node)
@@ -207,9 +208,9 @@ def _like(p: Any, x: Any, partition: Any) -> Any:
     if x is not None:
       raise _NotLike
     return None
-  if moments.is_quantized(x) and tuple(x.codes.shape) == p.shape:
+  if int8.is_quantized(x) and tuple(x.codes.shape) == p.shape:
     codes, scales = _split_quantized(p.sharding, p.shape, partition)
-    return moments.QuantizedMoment(codes, scales)
+    return int8.QuantizedMoment(codes, scales)
   if isinstance(x, jax.ShapeDtypeStruct) and tuple(x.shape) == p.shape:
     return _split(p.sharding, p.shape, partition)
   if not jax.tree.leaves(x):  # e.g. optax.masked's MaskedNode: no arrays
@@ -240,11 +241,13 @@ def _split(
   n = sharding.mesh.shape[axis]
   for dims, unit in candidates or [(range(len(shape)), 1)]:
     fits = [
-      d for d in dims if shape[d] % (moments.shards(sharding, spec[d]) * n * unit) == 0
+      d
+      for d in dims
+      if shape[d] % (placement.shards(sharding, spec[d]) * n * unit) == 0
     ]
     for d in [d for d in fits if spec[d] is None] + [d for d in fits if spec[d]]:
       spec[d] = _joined(spec[d], axis)
-      return moments.named(sharding.mesh, spec)
+      return placement.named(sharding.mesh, spec)
   return sharding
 
 
@@ -259,9 +262,9 @@ def _split_quantized(sharding: Any, shape: tuple[int, ...], axis: Any):
   by ``sharding``, split over ``axis`` where whole blocks allow it: along a
   leading axis, or along the block axis when it is the last one and each
   piece still holds whole blocks."""
-  a = moments._block_axis(shape)
+  a = int8.block_axis(shape)
   candidates: list[tuple[Any, int]] = [(range(a), 1)]
   if a == len(shape) - 1:
-    candidates.append(([a], moments.BLOCK))
+    candidates.append(([a], int8.BLOCK))
   codes = _split(sharding, shape, axis, candidates)
-  return codes, moments._scales_sharding(codes, shape)
+  return codes, int8.scales_sharding(codes, shape)

@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     action="store_true",
     help="also time adam_jax.adam with bfloat16 and 8-bit (int8) moments",
   )
+  parser.add_argument(
+    "--no-vmap",
+    dest="vmap",
+    action="store_false",
+    help=(
+      "skip the vmapped update (jax.jit(jax.vmap(step)) over a batch of "
+      "independent one-leaf problems, against one unbatched step)"
+    ),
+  )
   return parser
 
 
@@ -117,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compile_repeats=args.compile_repeats,
     per_leaf=args.per_leaf,
     state_formats=args.state_formats,
+    vmap=args.vmap,
   )
   elapsed = time.perf_counter() - start
   result["header"]["wall_s"] = elapsed

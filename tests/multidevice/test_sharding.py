@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax._src import moments
+from adam_jax._src.storage import int8
 from tests.conftest import optax_mode
 
 SHAPES = {
@@ -123,7 +123,7 @@ def _per_param(state, params):
   out = []
   for field in PER_PARAM:
     for tree in optax.tree.get_all_with_path(state, field):
-      entries = jax.tree.leaves(tree[1], is_leaf=moments.is_quantized)
+      entries = jax.tree.leaves(tree[1], is_leaf=int8.is_quantized)
       if not entries:  # a field that is off (e.g. nu_max without amsgrad)
         continue
       assert len(entries) == len(keys), field
@@ -145,10 +145,10 @@ def _assert_follows(state, params, label):
   assert entries, label
   for field, path, x in entries:
     p = by_path[path]
-    if moments.is_quantized(x):
+    if int8.is_quantized(x):
       assert _same(x.codes.sharding, p.sharding, p.ndim), (label, field, path)
       shard = p.addressable_shards[0].data.shape
-      want = (*shard[:-1], shard[-1] // moments.BLOCK)
+      want = (*shard[:-1], shard[-1] // int8.BLOCK)
       assert x.scales.addressable_shards[0].data.shape == want, (label, field, path)
     else:
       assert _same(x.sharding, p.sharding, p.ndim), (label, field, path, x.sharding)

@@ -3,15 +3,16 @@
 XLA runs an optimizer step over a tree leaf by leaf: every moment leaf is a
 separate buffer that the runtime passes in and out of the step, and a separate
 kernel that XLA compiles. On a tree of thousands of small leaves that per-leaf
-cost, not the arithmetic, sets the step and compile time (2000 leaves of 1024
-float32: optax's step is 14-30x the same math over one flat array).
+cost, not the arithmetic, sets the step and compile time (on CPU a tree of
+thousands of small leaves steps many times slower than the same math over one
+flat array).
 
 So the moments of small leaves (fewer than ``PACK_BELOW`` elements, when a
 tree has at least ``PACK_MIN_LEAVES`` of them) are stored packed: the leaves
 of one storage group (same dtypes and placement), in tree order, are
 concatenated into flat chunks of at most ``CHUNK_LEAVES`` leaves. A step
 concatenates the gradients of a chunk, runs the one-leaf Adam math
-(``transform._leaf_step``) once over the chunk, and slices the update back
+(``rule.leaf_step``) once over the chunk, and slices the update back
 into leaves, which XLA fuses into the caller's ``apply_updates``. Chunks
 (rather than one flat buffer per group) keep the slices' offsets few and
 repeated, so XLA compiles one kernel for every leaf at the same offset of
@@ -37,15 +38,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adam_jax._src import moments
+from adam_jax._src import placement
+from adam_jax._src import storage
+from adam_jax._src.storage import int8
 
 # Leaves with fewer elements than this are packed.
 PACK_BELOW = 2**16
 # Pack only when a tree has at least this many small leaves: below it the
 # per-leaf cost is small and packing's own (a concatenation, a few kernels per
-# chunk) is not repaid (measured: a transformer-shaped tree with 32 small
-# leaves compiles in 0.66 s per leaf, 0.87 s packed, at the same step time).
-# The state then keeps optax's layout.
+# chunk) is not repaid, so the state keeps optax's layout.
 PACK_MIN_LEAVES = 64
 # At most this many leaves per chunk.
 CHUNK_LEAVES = 32
@@ -129,7 +130,7 @@ class PackedMoments:
       elif slot is None:
         out.append(next(own))
       else:
-        chunk = moments.decoded(self.chunks[slot[0]])
+        chunk = storage.decoded(self.chunks[slot[0]])
         out.append(_cut(chunk, slot[1], shape, chunk.dtype))
     return out
 
@@ -171,7 +172,7 @@ def _abstract(layout: Layout, own_dtypes: tuple, chunk_dtypes: tuple) -> Any:
 
 
 def _logical_dtype(x: Any) -> Any:
-  return jnp.dtype(jnp.float32) if moments.is_quantized(x) else jnp.result_type(x)
+  return jnp.dtype(jnp.float32) if storage.is_quantized(x) else jnp.result_type(x)
 
 
 def is_packed(x: Any) -> bool:
@@ -179,7 +180,7 @@ def is_packed(x: Any) -> bool:
 
 
 def _stored(x: Any) -> bool:
-  return is_packed(x) or moments.is_quantized(x)
+  return is_packed(x) or storage.is_quantized(x)
 
 
 def logical(tree: Any) -> Any:
@@ -189,7 +190,7 @@ def logical(tree: Any) -> Any:
   a state with what ``init`` would give)."""
 
   def view(x):
-    return x.abstract() if is_packed(x) else moments.logical(x)
+    return x.abstract() if is_packed(x) else storage.logical(x)
 
   return jax.tree.map(view, tree, is_leaf=_stored)
 
@@ -198,7 +199,7 @@ def _placement(x: Any) -> Any:
   """Where a chunk holding ``x`` must live: None (default placement: ``x``
   is a tracer, not a jax.Array, or not committed to a device) or its
   sharding (replicated, on a mesh: packing runs with one device only)."""
-  sharding = moments.placement(x)
+  sharding = placement.placement(x)
   if isinstance(sharding, jax.sharding.NamedSharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   return sharding
@@ -252,7 +253,7 @@ def zeros(
 ) -> Any:
   """A zero moment in ``layout`` (which has chunks)."""
   own = [
-    moments.zeros(x, dtype_for(x), signed)
+    storage.zeros(x, dtype_for(x), signed)
     for x, slot in zip(leaves, layout.slots, strict=True)
     if x is not None and slot is None
   ]
@@ -263,23 +264,13 @@ def zeros(
     first = leaves[layout.members(chunk)[0][0]]
     dtype = dtype_for(first)
     if isinstance(dtype, str):  # 8-bit: whole blocks (plan aligned them)
-      chunks.append(moments.quantized_zeros((size,), signed, where))
+      chunks.append(int8.quantized_zeros((size,), signed, where))
     else:
       chunks.append(jnp.zeros([size], dtype, device=where))
   return PackedMoments(layout, tuple(own), tuple(chunks))
 
 
-def packed_step(
-  layout,
-  leaf_step,
-  g_leaves,
-  moment_states,
-  p_leaves,
-  wd_leaves,
-  one,
-  chunk_step=None,
-  own_step=None,
-):
+def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves, one):
   """Runs ``leaf_step`` over ``layout``: each own leaf alone, each chunk once.
 
   Args:
@@ -290,72 +281,31 @@ def packed_step(
     p_leaves, wd_leaves: per leaf, the parameter and coupled decay rate (or
       None).
     one: a float32 scalar equal to 1 that XLA cannot see is 1 (e.g. ``t / t``).
-    chunk_step: optional ``(xla_chunk, gs, offsets, moments) -> (us, *moments)``
-      for a chunk whose members do not decay: ``xla_chunk(gs, moments)`` is
-      the step above (concatenate, ``leaf_step``, slice), which it may run
-      another way (``transform``: the CPU kernel, on the leaves themselves).
-    own_step: optional ``items -> outs``, ``leaf_step`` over a list of
-      ``(g, moments, p, wd)`` at once (``transform``: one kernel call for
-      every leaf it takes); by default ``leaf_step`` on each.
 
   Returns:
     ``(u_leaves, new_moments)``: the updates per leaf and each moment as a
     :class:`PackedMoments` (or None).
   """
-  n = len(g_leaves)
-  u_leaves: list[Any] = [None] * n
-  own_out: list[list[Any]] = [[] for _ in moment_states]
+  u_leaves: list[Any] = [None] * len(g_leaves)
   own_in = [iter(() if s is None else s.own) for s in moment_states]
-  own = [
-    i
-    for i, (g, slot) in enumerate(zip(g_leaves, layout.slots, strict=True))
-    if g is not None and slot is None
-  ]
-  items = [
-    (
-      g_leaves[i],
-      [
-        None if s is None else next(it)
-        for s, it in zip(moment_states, own_in, strict=True)
-      ],
-      p_leaves[i],
-      wd_leaves[i],
-    )
-    for i in own
-  ]
-  outs = [leaf_step(*x) for x in items] if own_step is None else own_step(items)
-  for i, (u, *new) in zip(own, outs, strict=True):
-    u_leaves[i] = u
+  own_out: list[list[Any]] = [[] for _ in moment_states]
+  for i, (g, slot) in enumerate(zip(g_leaves, layout.slots, strict=True)):
+    if g is None or slot is not None:
+      continue
+    ms = [
+      None if s is None else next(it)
+      for s, it in zip(moment_states, own_in, strict=True)
+    ]
+    u_leaves[i], *new = leaf_step(g, ms, p_leaves[i], wd_leaves[i])
     for out, x in zip(own_out, new, strict=True):
       out.append(x)
   chunk_out: list[list[Any]] = [[] for _ in moment_states]
   for chunk in range(len(layout.chunk_sizes)):
-    members = layout.members(chunk)
     ms = [None if s is None else s.chunks[chunk] for s in moment_states]
-    gs = [g_leaves[i] for i, _ in members]
-    cdts = {moments.compute_dtype(jnp.result_type(g)) for g in gs}
-    if len(cdts) == 1:
-      (cdt,) = cdts
-      size = layout.chunk_sizes[chunk]
-
-      def xla_chunk(gs, ms, members=members, size=size, cdt=cdt):
-        g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
-        p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt, size)
-        u_flat, *new = leaf_step(g_flat, ms, p_flat, wd)
-        u_flat = _materialized(u_flat, one)
-        us = [_cut(u_flat, o, layout.shapes[i], g_leaves[i].dtype) for i, o in members]
-        return us, *new
-
-      if chunk_step is None or any(wd_leaves[i] is not None for i, _ in members):
-        us, *new = xla_chunk(gs, ms)
-      else:
-        us, *new = chunk_step(xla_chunk, gs, [o for _, o in members], ms)
-      for (i, _), u in zip(members, us, strict=True):
-        u_leaves[i] = u
-    else:  # gradients of unlike precision: the leaves one by one
-      new = _chunk_by_leaf(
-        layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, u_leaves
-      )
+    args = (layout, chunk, leaf_step, g_leaves, ms, p_leaves, wd_leaves)
+    us, new = _chunk_step(*args, one)
+    for (i, _), u in zip(layout.members(chunk), us, strict=True):
+      u_leaves[i] = u
     for out, x in zip(chunk_out, new, strict=True):
       out.append(x)
   states = [
@@ -363,6 +313,30 @@ def packed_step(
     for s, own, chunks in zip(moment_states, own_out, chunk_out, strict=True)
   ]
   return u_leaves, states
+
+
+def _chunk_step(layout, chunk, leaf_step, g_leaves, ms, p_leaves, wd_leaves, one):
+  """One chunk's ``(updates of its members, new chunk moments)``: the
+  members' gradients concatenated, ``leaf_step`` once over the chunk and the
+  update sliced back into leaves (or, for gradients of unlike precision,
+  leaf by leaf)."""
+  members = layout.members(chunk)
+  gs = [g_leaves[i] for i, _ in members]
+  cdts = {storage.compute_dtype(jnp.result_type(g)) for g in gs}
+  if len(cdts) != 1:
+    us: list[Any] = [None] * len(g_leaves)
+    new = _chunk_by_leaf(
+      layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, us
+    )
+    return [us[i] for i, _ in members], new
+  (cdt,) = cdts
+  size = layout.chunk_sizes[chunk]
+  g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
+  p_flat, wd = _chunk_decay(members, p_leaves, wd_leaves, cdt, size)
+  u_flat, *new = leaf_step(g_flat, ms, p_flat, wd)
+  u_flat = _materialized(u_flat, one)
+  us = [_cut(u_flat, o, layout.shapes[i], g_leaves[i].dtype) for i, o in members]
+  return us, new
 
 
 def _flat(x: jax.Array, dtype: Any) -> jax.Array:
@@ -430,7 +404,7 @@ def _chunk_by_leaf(
   """One chunk stepped leaf by leaf (its moments sliced out and re-packed;
   8-bit ones decoded first and encoded again after)."""
   columns: list[list[Any]] = [[] for _ in ms]
-  floats = [None if m is None else moments.decoded(m) for m in ms]
+  floats = [None if m is None else storage.decoded(m) for m in ms]
   for i, offset in members:
     parts = [
       None if m is None else _cut(m, offset, layout.shapes[i], m.dtype) for m in floats
@@ -445,6 +419,5 @@ def _chunk_by_leaf(
       out.append(None)
       continue
     flat = _pack(members, column, m.shape[0])
-    coded = moments.is_quantized(m)
-    out.append(moments.quantize([flat], [m.signed])[0] if coded else flat)
+    out.append(storage.encoded([flat], [m])[0])
   return out

@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import adam_jax
-from adam_jax._src import fused
+from adam_jax._src import packing
 from tests._procs import run_python
 from tests.conftest import optax_mode
 
@@ -212,7 +212,7 @@ def _repack(packed_like, state):
   """``state`` (per-leaf layout) stored in ``packed_like``'s layout."""
 
   def pack(node, tree):
-    if not fused.is_packed(node):
+    if not packing.is_packed(node):
       return tree
     leaves = node.layout.treedef.flatten_up_to(tree)
     own = [
@@ -226,7 +226,7 @@ def _repack(packed_like, state):
     ]
     return adam_jax.PackedMoments(node.layout, tuple(own), tuple(chunks))
 
-  return jax.tree.map(pack, packed_like, state, is_leaf=fused.is_packed)
+  return jax.tree.map(pack, packed_like, state, is_leaf=packing.is_packed)
 
 
 def _compare_steps(name, packed_tx, plain_tx, params, bad_step=None):
@@ -257,7 +257,9 @@ def _compare_steps(name, packed_tx, plain_tx, params, bad_step=None):
 
 def _unpacked(state):
   return jax.tree.map(
-    lambda x: x.unpack() if fused.is_packed(x) else x, state, is_leaf=fused.is_packed
+    lambda x: x.unpack() if packing.is_packed(x) else x,
+    state,
+    is_leaf=packing.is_packed,
   )
 
 
@@ -271,23 +273,24 @@ def test_packed_equals_per_leaf(name, factory, kinds):
     )
   # The fast path really ran: some moment is packed.
   assert any(
-    fused.is_packed(x) for x in jax.tree.leaves(packed_like, is_leaf=fused.is_packed)
+    packing.is_packed(x)
+    for x in jax.tree.leaves(packed_like, is_leaf=packing.is_packed)
   )
 
 
 def test_layout_rules():
   tx = adam_jax.scale_by_adam()
-  few = {f"b{i:02d}": jnp.ones(3) for i in range(fused.PACK_MIN_LEAVES - 1)}
+  few = {f"b{i:02d}": jnp.ones(3) for i in range(packing.PACK_MIN_LEAVES - 1)}
   state = tx.init(few)
   assert isinstance(state.mu, dict)  # too few small leaves: optax's layout
-  many = {f"b{i:03d}": jnp.ones(3) for i in range(2 * fused.CHUNK_LEAVES + 1)}
-  many["big"] = jnp.ones((fused.PACK_BELOW,))
+  many = {f"b{i:03d}": jnp.ones(3) for i in range(2 * packing.CHUNK_LEAVES + 1)}
+  many["big"] = jnp.ones((packing.PACK_BELOW,))
   many["none"] = None
   state = tx.init(many)
   assert isinstance(state.mu, adam_jax.PackedMoments)
   assert len(state.mu.chunks) == 3  # 65 leaves, at most 32 per chunk
   assert [c.size for c in state.mu.chunks] == [96, 96, 3]
-  assert len(state.mu.own) == 1 and state.mu.own[0].shape == (fused.PACK_BELOW,)
+  assert len(state.mu.own) == 1 and state.mu.own[0].shape == (packing.PACK_BELOW,)
   # The packed moment stands for the tree: unpack, index, abstract shapes.
   tree = state.mu.unpack()
   assert jax.tree.structure(tree) == jax.tree.structure(many)
@@ -359,7 +362,7 @@ SHARDED = textwrap.dedent(
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import adam_jax
-  from adam_jax._src import fused
+  from adam_jax._src import packing
 
   mesh = Mesh(np.array(jax.devices()).reshape(8), ("d",))
   shard, rep = NamedSharding(mesh, P("d")), NamedSharding(mesh, P())
@@ -376,8 +379,8 @@ SHARDED = textwrap.dedent(
     # With several devices nothing is packed (jit(init) cannot see the
     # shardings, and must give the same structure): each moment follows its
     # parameter, eagerly and under jit.
-    assert not fused.is_packed(mu)
-    assert not fused.is_packed(jax.eval_shape(tx.init, params)[0].mu)
+    assert not packing.is_packed(mu)
+    assert not packing.is_packed(jax.eval_shape(tx.init, params)[0].mu)
     for k, p in params.items():
       assert mu[k].sharding.is_equivalent_to(p.sharding, p.ndim), k
       assert jax.jit(tx.init)(params)[0].mu[k].sharding.is_equivalent_to(

@@ -1,12 +1,11 @@
-"""How a moment is computed and stored: dtypes, hyperparameter casts, EMAs.
+"""Block-wise dynamic 8-bit storage of a moment (Dettmers et al., ICLR 2022).
 
-Moments are *computed* in at least float32 (``compute_dtype``) whatever they
-are *stored* in (``mu_dtype``/``nu_dtype``, by default the parameter's dtype).
-The second moment of a complex parameter is real (``|g|^2``), so it is stored
-in the parameter's real counterpart (complex64 -> float32).
+A moment stored in 8 bits is a :class:`QuantizedMoment`: one code byte per
+value and one float32 absmax scale per block of ``BLOCK`` values along the
+trailing axes. The step decodes it to float32 (:func:`dequantize`), runs the
+Adam math, and encodes the new moment (:func:`quantize`). On a mesh with
+explicit axes the blocks are formed where each block lives on one device.
 """
-
-from __future__ import annotations
 
 import math
 from typing import Any
@@ -16,109 +15,7 @@ from jax.experimental.shard_alike import shard_alike
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-
-def compute_dtype(dtype: Any) -> Any:
-  """The dtype the math runs in: ``dtype`` widened to at least float32.
-
-  (Written out rather than ``jnp.promote_types``, which refuses mixed
-  categories under ``jax_numpy_dtype_promotion="strict"``.)
-  """
-  dtype = jnp.dtype(dtype)
-  if jnp.finfo(dtype).bits >= 32:
-    return dtype
-  return jnp.dtype(jnp.float32)
-
-
-def real_dtype(dtype: Any) -> Any:
-  """float32 for complex64, float64 for complex128, else ``dtype`` itself."""
-  return jnp.finfo(dtype).dtype
-
-
-def cast_hyperparameter(x: Any, dtype: Any) -> Any:
-  """Python numbers stay Python (weak-typed, so ``1 - b`` is exact in f64 and
-  then rounded once, as in optax); arrays and traced values become ``dtype``
-  (so a bfloat16 ``b2`` from ``inject_hyperparams`` is widened before use)."""
-  if isinstance(x, (int, float)) and not isinstance(x, bool):
-    return x
-  return jnp.asarray(x).astype(dtype)
-
-
-def ema_coefficients(b: Any, t: jax.Array) -> tuple[Any, Any, Any]:
-  """Returns ``(keep, rate, bias_correction)`` of an exponential moving average.
-
-  The moment update is ``m_t = keep * m_{t-1} + rate * x_t`` and the bias
-  corrected moment is ``m_t / bias_correction``, with
-  ``keep = b``, ``rate = 1 - b`` and ``bias_correction = 1 - b**t``
-  (Kingma & Ba, 2015, Algorithm 1).
-
-  For an array ``b`` equal to 1 (only reachable through a rounded low-precision
-  hyperparameter, e.g. ``bfloat16(0.999) == 1``) all three are replaced by
-  their limits as ``b -> 1``: ``keep = 1 - 1/t``, ``rate = 1/t`` and
-  ``bias_correction = 1``, so the stored moment is the running mean of ``x``,
-  which is exactly the limit of the bias-corrected EMA. Python numbers are
-  validated to lie in [0, 1) and take the plain branch (no extra ops).
-
-  Args:
-    b: decay rate, a Python number or an array already in ``t``'s dtype.
-    t: the step count (after increment), as a float array of at least
-      float32 precision.
-  """
-  if isinstance(b, (int, float)):
-    return b, 1 - b, 1 - b**t
-  is_one = b == 1
-  one = jnp.ones_like(t)
-  keep = jnp.where(is_one, one - one / t, b)
-  rate = jnp.where(is_one, one / t, one - b)
-  bias_correction = jnp.where(is_one, one, one - b**t)
-  return keep, rate, bias_correction
-
-
-def abs_sq(g: jax.Array) -> jax.Array:
-  """``|g|^2``, real for complex ``g`` (``g * g`` for real ``g``)."""
-  if jnp.iscomplexobj(g):
-    return (g.conj() * g).real
-  return g * g
-
-
-def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-  """``numerator / denominator``, but exactly 0 where the numerator is 0.
-
-  With ``eps = eps_root = 0`` (allowed) an all-zero gradient would otherwise
-  give ``0 / 0 = NaN``; the limit of the Adam step there is 0.
-  """
-  zero = jnp.zeros_like(numerator)
-  return jnp.where(numerator == zero, zero, numerator / denominator)
-
-
-def saturate(x: jax.Array) -> jax.Array:
-  """``x`` clipped to its dtype's finite range: overflow saturates at the
-  largest finite value instead of becoming infinite. NaN stays NaN."""
-  big = float(jnp.finfo(x.dtype).max)
-  return jnp.clip(x, -big, big)
-
-
-def read_back(x: jax.Array, dtype: Any) -> jax.Array:
-  """A stored non-negative moment widened to ``dtype``, an inf (left by a
-  square that overflowed) read as the largest finite value, so that the
-  moment decays again instead of staying infinite. NaN stays NaN."""
-  return jnp.minimum(x.astype(dtype), float(jnp.finfo(dtype).max))
-
-
-def store(x: jax.Array, dtype: Any) -> jax.Array:
-  """``x`` rounded to a storage dtype. A dtype narrower than ``x``'s saturates
-  at its largest finite value (a float16 ``nu`` holds at most 65504, not inf);
-  into the same or a wider dtype ``x`` is only cast. NaN stays NaN."""
-  big = float(jnp.finfo(dtype).max)
-  if big >= jnp.finfo(x.dtype).max:
-    return x.astype(dtype)
-  if jnp.iscomplexobj(x):
-    parts = jnp.clip(x.real, -big, big), jnp.clip(x.imag, -big, big)
-    return jax.lax.complex(*parts).astype(dtype)
-  return jnp.clip(x, -big, big).astype(dtype)
-
-
-# ---------------------------------------------------------------------------
-# Block-wise dynamic 8-bit storage (Dettmers et al., ICLR 2022).
+from adam_jax._src import placement
 
 # The storage option's name (``mu_dtype="int8"``/``nu_dtype="int8"``).
 INT8 = "int8"
@@ -242,7 +139,7 @@ def is_quantized(x: Any) -> bool:
   return isinstance(x, QuantizedMoment)
 
 
-def _block_axis(shape: tuple[int, ...]) -> int:
+def block_axis(shape: tuple[int, ...]) -> int:
   """The first axis of the trailing axes that blocks run along: the last
   axis ``a`` with ``prod(shape[a:]) >= BLOCK`` (0 when there is none)."""
   for a in range(len(shape) - 1, -1, -1):
@@ -252,19 +149,19 @@ def _block_axis(shape: tuple[int, ...]) -> int:
 
 
 def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  a = _block_axis(shape)
+  a = block_axis(shape)
   return (*shape[:a], -(-math.prod(shape[a:]) // BLOCK))
 
 
 def _blocked(x: jax.Array) -> jax.Array:
   """``x`` viewed as ``lead + (blocks, BLOCK)``, zero padded at the end."""
   shape = tuple(x.shape)
-  a = _block_axis(shape)
+  a = block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
   blocks = -(-rest // BLOCK)
   typed, spec = _block_layout(x, shape)
   if typed is not None:  # explicit mesh axes: each block on one device first
-    x = jax.sharding.reshard(x, _on(typed, _block_friendly(spec, len(shape))))
+    x = jax.sharding.reshard(x, placement.on(typed, _block_friendly(spec, len(shape))))
   x = _reshape(x, (*lead, rest), typed, P(*spec))
   if blocks * BLOCK != rest:
     x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, blocks * BLOCK - rest)])
@@ -274,7 +171,7 @@ def _blocked(x: jax.Array) -> jax.Array:
 def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
   """The inverse of :func:`_blocked`: ``x`` (blocks) back in ``shape``, laid
   out like ``like`` (on a mesh with explicit axes)."""
-  a = _block_axis(shape)
+  a = block_axis(shape)
   lead, rest = shape[:a], math.prod(shape[a:])
   typed, spec = (None, ()) if like is None else _block_layout(like, shape)
   x = _reshape(x, (*lead, x.shape[-2] * BLOCK), typed, P(*spec))
@@ -287,10 +184,10 @@ def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Ar
 def _block_layout(x: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:
   """``(typed, spec)``: ``x``'s sharding when its type carries one (else
   None) and the spec its blocks' leading axes keep (the scales')."""
-  typed = _typed_sharding(x)
+  typed = placement.typed_sharding(x)
   if typed is None:
     return None, ()
-  return typed, tuple(_scales_sharding(typed, shape).spec)
+  return typed, tuple(scales_sharding(typed, shape).spec)
 
 
 def _reshape(x: jax.Array, shape: tuple[int, ...], typed: Any, spec: P) -> jax.Array:
@@ -298,22 +195,7 @@ def _reshape(x: jax.Array, shape: tuple[int, ...], typed: Any, spec: P) -> jax.A
   output's sharding must be named: ``spec`` on that mesh."""
   if typed is None:
     return x.reshape(shape)
-  return jax.lax.reshape(x, shape, out_sharding=_on(typed, spec))
-
-
-def _typed_sharding(x: Any) -> Any:
-  """``x``'s sharding when its type carries one (an array on a mesh with
-  explicit axes, e.g. from ``jax.make_mesh``'s default), else None (XLA
-  propagates shardings itself)."""
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  if not isinstance(sharding, jax.sharding.NamedSharding) or sharding.mesh.empty:
-    return None
-  explicit = jax.sharding.AxisType.Explicit
-  return sharding if explicit in sharding.mesh.axis_types else None
-
-
-def _on(sharding: Any, spec: P) -> Any:
-  return jax.sharding.NamedSharding(sharding.mesh, spec)
+  return jax.lax.reshape(x, shape, out_sharding=placement.on(typed, spec))
 
 
 def _block_friendly(spec: tuple[Any, ...], ndim: int) -> P:
@@ -330,22 +212,12 @@ def quantized_zeros(
   scales laid out to match."""
   codes = jnp.zeros(shape, jnp.int8 if signed else jnp.uint8, device=placement)
   scales = jnp.zeros(
-    scales_shape(shape), jnp.float32, device=_scales_sharding(placement, shape)
+    scales_shape(shape), jnp.float32, device=scales_sharding(placement, shape)
   )
   return QuantizedMoment(codes, scales)
 
 
-def placement(x: Any) -> Any:
-  """Where a moment of ``x`` goes: ``x``'s sharding when ``x`` is an array
-  committed to it, else None (the default placement; jit keeps it as
-  uncommitted as the parameters, so a step's output state compiles the same
-  as ``init``'s)."""
-  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed:
-    return x.sharding
-  return None
-
-
-def _scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
+def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
   """The scales follow the parameter's leading axes, and its last axis when
   blocks run along that axis alone and each shard holds whole blocks; other
   trailing axes are replicated (a block split over shards cannot keep one
@@ -354,30 +226,15 @@ def _scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
     return sharding
   if not isinstance(sharding, jax.sharding.NamedSharding):
     return None
-  a = _block_axis(shape)
+  a = block_axis(shape)
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
   last = None
-  if a == len(shape) - 1 and shape[a] % (shards(sharding, spec[a]) * BLOCK) == 0:
+  if (
+    a == len(shape) - 1
+    and shape[a] % (placement.shards(sharding, spec[a]) * BLOCK) == 0
+  ):
     last = spec[a]
-  return named(sharding.mesh, [*spec[:a], last])
-
-
-def named(mesh: Any, spec: list[Any]) -> jax.sharding.NamedSharding:
-  """``NamedSharding(mesh, P(*spec))`` without trailing Nones: a jitted step
-  returns specs in that form, and jit's cache tells ``P("x", None)`` from
-  ``P("x")`` (a state placed with the former would compile the step twice)."""
-  while spec and spec[-1] is None:
-    spec = spec[:-1]
-  return jax.sharding.NamedSharding(mesh, P(*spec))
-
-
-def shards(sharding: Any, entry: Any) -> int:
-  """How many pieces a ``PartitionSpec`` entry (None, an axis name or a
-  tuple of them) cuts its dimension into on ``sharding``'s mesh."""
-  if entry is None:
-    return 1
-  names = entry if isinstance(entry, tuple) else (entry,)
-  return math.prod(sharding.mesh.shape[n] for n in names)
+  return placement.named(sharding.mesh, [*spec[:a], last])
 
 
 def _magnitudes(index: jax.Array, top: int) -> jax.Array:
@@ -404,7 +261,6 @@ def _indices(a: jax.Array, top: int, positive: jax.Array | None) -> jax.Array:
   within a decade the codes are evenly spaced, and the decades' ends are
   codes, so rounding there finds the nearest. Where ``positive`` (the second
   moment: a zero would divide the step by ``eps``) a value never rounds to 0.
-  (``cpu_step.cc`` finds the same decade from ``a``'s binary exponent.)
   """
   k = jnp.zeros(a.shape, jnp.int32)
   for i in range(1, top + 1):
@@ -481,65 +337,16 @@ def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
   return out
 
 
-def zeros(like: Any, dtype: Any, signed: bool) -> Any:
-  """A zero moment for a parameter like ``like``, stored in ``dtype`` (a
-  :class:`QuantizedMoment` for ``"int8"``), laid out like ``like``: on its
-  sharding when ``like`` is a committed array, and tied to its sharding
-  when ``like`` is traced (see :func:`follow`)."""
-  z: Any
-  if isinstance(dtype, str) and dtype == INT8:
-    z = quantized_zeros(tuple(jnp.shape(like)), signed, placement(like))
-  else:
-    z = jnp.zeros_like(like, dtype=dtype)
-  return follow(like, z)
-
-
-def counter(params: Any) -> jax.Array:
-  """A zero int32 step counter placed where a jitted step returns it:
-  replicated on the parameters' mesh when they are committed to one (so the
-  step does not compile a second time for the counter's placement)."""
-  z = jnp.zeros([], jnp.int32)
-  first = next(iter(jax.tree.leaves(params)), None)
-  sharding = placement(first)
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.device_put(z, jax.sharding.NamedSharding(sharding.mesh, P()))
-  return z
-
-
-def follow(like: Any, z: Any) -> Any:
-  """``z`` (an array of ``like``'s shape or a :class:`QuantizedMoment` of
-  it) tied to ``like``'s sharding when ``like`` is traced in a process with
-  several devices.
-
-  Zeros do not depend on the parameter's data, so under ``jit`` XLA's
-  sharding propagation would leave them unconstrained and place the whole
-  state on one device (optax #548). ``shard_alike`` puts them in one
-  sharding group with the parameter (and the 8-bit scales with one value
-  per block of the parameter), so they are laid out like it.
-  """
-  if not isinstance(like, jax.core.Tracer) or jax.device_count() == 1:
-    return z
-  if not is_quantized(z):
-    return shard_alike(like, z)[1]
+def follow(like: Any, z: QuantizedMoment) -> QuantizedMoment:
+  """Zero 8-bit moment ``z`` tied to traced parameter ``like``'s sharding:
+  the codes as the parameter, the scales as one value per block of it (see
+  ``storage.follow``)."""
   codes = shard_alike(like, z.codes)[1]
-  typed = _typed_sharding(like)
+  typed = placement.typed_sharding(like)
   if typed is None:
     scales = shard_alike(_blocked(like)[..., 0], z.scales)[1]
   else:  # explicit axes: the scales' sharding is part of their type
     scales = jnp.zeros(
-      z.scales.shape, jnp.float32, out_sharding=_scales_sharding(typed, z.shape)
+      z.scales.shape, jnp.float32, out_sharding=scales_sharding(typed, z.shape)
     )
   return QuantizedMoment(codes, scales)
-
-
-def decoded(x: Any) -> Any:
-  """A stored moment as an array: 8-bit ones decoded to float32."""
-  return dequantize(x) if is_quantized(x) else x
-
-
-def logical(x: Any) -> Any:
-  """What a stored moment stands for: a float32 array of its shape for a
-  :class:`QuantizedMoment`, else ``x`` itself."""
-  if is_quantized(x):
-    return jax.ShapeDtypeStruct(x.shape, jnp.float32)
-  return x

@@ -1,0 +1,72 @@
+"""Where optimizer state lives: the shardings a new state leaf takes.
+
+Every moment is laid out like its parameter. Eagerly, ``init`` places a
+moment on its parameter's sharding; under ``jit`` it ties the moment to the
+parameter (``storage.follow``). The helpers here read an array's sharding and
+build the ``NamedSharding`` s that a jitted step returns, so that a state made
+by ``init`` and one returned by a step compile to the same executable.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def placement(x: Any) -> Any:
+  """Where a moment of ``x`` goes: ``x``'s sharding when ``x`` is an array
+  committed to it, else None (the default placement; jit keeps it as
+  uncommitted as the parameters, so a step's output state compiles the same
+  as ``init``'s)."""
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed:
+    return x.sharding
+  return None
+
+
+def named(mesh: Any, spec: list[Any]) -> NamedSharding:
+  """``NamedSharding(mesh, P(*spec))`` without trailing Nones: a jitted step
+  returns specs in that form, and jit's cache tells ``P("x", None)`` from
+  ``P("x")`` (a state placed with the former would compile the step twice)."""
+  while spec and spec[-1] is None:
+    spec = spec[:-1]
+  return NamedSharding(mesh, P(*spec))
+
+
+def on(sharding: NamedSharding, spec: P) -> NamedSharding:
+  """``spec`` on ``sharding``'s mesh."""
+  return NamedSharding(sharding.mesh, spec)
+
+
+def shards(sharding: Any, entry: Any) -> int:
+  """How many pieces a ``PartitionSpec`` entry (None, an axis name or a
+  tuple of them) cuts its dimension into on ``sharding``'s mesh."""
+  if entry is None:
+    return 1
+  names = entry if isinstance(entry, tuple) else (entry,)
+  return math.prod(sharding.mesh.shape[n] for n in names)
+
+
+def typed_sharding(x: Any) -> Any:
+  """``x``'s sharding when its type carries one (an array on a mesh with
+  explicit axes, e.g. from ``jax.make_mesh``'s default), else None (XLA
+  propagates shardings itself)."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+    return None
+  explicit = jax.sharding.AxisType.Explicit
+  return sharding if explicit in sharding.mesh.axis_types else None
+
+
+def counter(params: Any) -> jax.Array:
+  """A zero int32 step counter placed where a jitted step returns it:
+  replicated on the parameters' mesh when they are committed to one (so the
+  step does not compile a second time for the counter's placement)."""
+  z = jnp.zeros([], jnp.int32)
+  first = next(iter(jax.tree.leaves(params)), None)
+  sharding = placement(first)
+  if isinstance(sharding, NamedSharding):
+    return jax.device_put(z, NamedSharding(sharding.mesh, P()))
+  return z

@@ -256,25 +256,25 @@ def _indices(a: jax.Array, top: int, positive: jax.Array | None) -> jax.Array:
   r"""The index of the nearest code magnitude to ``a`` (float32 in [0, 1]).
 
   The decade :math:`k` is the number of bounds :math:`10^{-i}` (``float32``,
-  :math:`1 \le i \le` ``top``) above ``a``, and ``a`` is scaled into
+  :math:`1 \le i \le` ``top``) above ``a``: one pass over the bounds, from
+  the largest, picks the decade's scale :math:`10^k` and code count
+  :math:`n_k = 2^{\mathrm{top} - k}` together. ``a`` is scaled into
   :math:`[0.1, 1]` by one product with :math:`10^k` (exact in ``float32``);
   within a decade the codes are evenly spaced, and the decades' ends are
   codes, so rounding there finds the nearest. Where ``positive`` (the second
   moment: a zero would divide the step by ``eps``) a value never rounds to 0.
   """
-  k = jnp.zeros(a.shape, jnp.int32)
-  for i in range(1, top + 1):
-    k = k + (a < jnp.float32(10.0**-i)).astype(jnp.int32)
   ten = jnp.ones(a.shape, jnp.float32)
+  n = jnp.full(a.shape, jnp.float32(2**top))
+  bottom = jnp.zeros(a.shape, bool)
   for i in range(1, top + 1):
-    ten = jnp.where(k == i, jnp.float32(10.0**i), ten)
+    bottom = a < jnp.float32(10.0**-i)  # below the bound: decade i or lower
+    ten = jnp.where(bottom, jnp.float32(10.0**i), ten)
+    n = jnp.where(bottom, jnp.float32(2 ** (top - i)), n)
   f = a * ten
-  n_int = jax.lax.shift_left(jnp.int32(1), top - k)
-  n = n_int.astype(jnp.float32)
-  bottom = k == top
   j = jnp.where(bottom, f * n, (f - 0.1) * (n / 0.9))
-  j = jnp.minimum(jnp.floor(j + 0.5), n).astype(jnp.int32)
-  index = n_int - 1 + j
+  j = jnp.minimum(jnp.floor(j + 0.5), n)
+  index = (n - 1 + j).astype(jnp.int32)  # small integers: exact in float32
   if positive is not None:
     index = jnp.maximum(index, positive.astype(jnp.int32))
   return index

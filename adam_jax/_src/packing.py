@@ -280,7 +280,7 @@ def packed_step(layout, leaf_step, g_leaves, moment_states, p_leaves, wd_leaves,
     moment_states: the :class:`PackedMoments` (or None) of each moment.
     p_leaves, wd_leaves: per leaf, the parameter and coupled decay rate (or
       None).
-    one: a float32 scalar equal to 1 that XLA cannot see is 1 (e.g. ``t / t``).
+    one: a float32 scalar equal to 1 that XLA cannot see is 1 (``Clock.one``).
 
   Returns:
     ``(u_leaves, new_moments)``: the updates per leaf and each moment as a

@@ -104,6 +104,13 @@ class Clock:
     self.t_next = optax.safe_increment(count)
     self._bounds: dict[Any, jax.Array] = {}
 
+  def one(self, dtype: Any) -> jax.Array:
+    """1 in ``dtype``, computed from ``t`` (``t / t``, ``t >= 1``) so that XLA
+    cannot fold it: dividing by it keeps a value's bits and stops XLA from
+    copying the division into several consumers (see ``storage.settled``)."""
+    t = self.t.astype(dtype)
+    return t / t
+
   def bound(self, dtype: Any) -> jax.Array:
     """:func:`step_bound` at ``t`` in ``dtype``."""
     if dtype not in self._bounds:

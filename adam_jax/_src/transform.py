@@ -44,9 +44,9 @@ def adam_family(cfg: Config) -> optax.GradientTransformation:
     leaf_step = functools.partial(_stored_step, clock, finite)
     moments = [state.mu, state.nu, state.nu_max]
     if packing.is_packed(state.mu):
-      t = clock.t.astype(jnp.float32)
+      one = clock.one(jnp.float32)
       u_leaves, (m, v, vm) = packing.packed_step(
-        state.mu.layout, leaf_step, g_leaves, moments, p_leaves, wd_leaves, t / t
+        state.mu.layout, leaf_step, g_leaves, moments, p_leaves, wd_leaves, one
       )
       u = treedef.unflatten(u_leaves)
     else:
@@ -105,9 +105,10 @@ def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
   decoded = [None if x is None else storage.decoded(x) for x in stored]
 
   def settle(m_new, v_new):
-    one = clock.t.astype(m_new.dtype) / clock.t.astype(m_new.dtype)
-    return storage.settled(m_new, stored[0], one), storage.settled(
-      v_new, stored[1], one
+    one = clock.one(m_new.dtype)
+    return tuple(
+      storage.settled(x, s, one)
+      for x, s in zip((m_new, v_new), stored[:2], strict=True)
     )
 
   m, v, v_max = decoded

@@ -134,8 +134,8 @@ def settled(x: jax.Array, stored: Any, one: jax.Array) -> jax.Array:
   finds its blocks' scales, by the encoder and by the update. XLA:CPU gives
   each of them a loop of its own and would copy the decoding and the moment
   arithmetic into all three; dividing by ``one`` (1, but not known to XLA to
-  be 1) makes XLA compute ``x`` once into a buffer that the three read,
-  since XLA does not duplicate a division into several consumers. Dividing
+  be 1: ``rule.Clock.one``) makes XLA compute ``x`` once into a buffer that
+  the three read, since XLA does not copy a division into several consumers. Dividing
   by an exact 1 changes no value. Other storage is read back as it is.
   """
   if not is_quantized(stored):

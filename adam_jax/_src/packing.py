@@ -201,7 +201,7 @@ def _placement(x: Any) -> Any:
   sharding (replicated, on a mesh: packing runs with one device only)."""
   sharding = placement.placement(x)
   if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return placement.on(sharding, jax.sharding.PartitionSpec())
   return sharding
 
 
@@ -324,11 +324,7 @@ def _chunk_step(layout, chunk, leaf_step, g_leaves, ms, p_leaves, wd_leaves, one
   gs = [g_leaves[i] for i, _ in members]
   cdts = {storage.compute_dtype(jnp.result_type(g)) for g in gs}
   if len(cdts) != 1:
-    us: list[Any] = [None] * len(g_leaves)
-    new = _chunk_by_leaf(
-      layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, us
-    )
-    return [us[i] for i, _ in members], new
+    return _chunk_by_leaf(layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves)
   (cdt,) = cdts
   size = layout.chunk_sizes[chunk]
   g_flat = _pack(members, [_flat(g, cdt) for g in gs], size)
@@ -398,18 +394,18 @@ def _chunk_decay(members, p_leaves, wd_leaves, cdt, size):
   return _pack(members, parts, size), wd
 
 
-def _chunk_by_leaf(
-  layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves, u_leaves
-):
-  """One chunk stepped leaf by leaf (its moments sliced out and re-packed;
-  8-bit ones decoded first and encoded again after)."""
+def _chunk_by_leaf(layout, members, leaf_step, g_leaves, ms, p_leaves, wd_leaves):
+  """:func:`_chunk_step` leaf by leaf: the chunk's moments sliced out and
+  re-packed (8-bit ones decoded first and encoded again after)."""
   columns: list[list[Any]] = [[] for _ in ms]
   floats = [None if m is None else storage.decoded(m) for m in ms]
+  us = []
   for i, offset in members:
     parts = [
       None if m is None else _cut(m, offset, layout.shapes[i], m.dtype) for m in floats
     ]
-    u_leaves[i], *new = leaf_step(g_leaves[i], parts, p_leaves[i], wd_leaves[i])
+    u, *new = leaf_step(g_leaves[i], parts, p_leaves[i], wd_leaves[i])
+    us.append(u)
     for column, x in zip(columns, new, strict=True):
       if x is not None:
         column.append(_flat(x, x.dtype))
@@ -420,4 +416,4 @@ def _chunk_by_leaf(
       continue
     flat = _pack(members, column, m.shape[0])
     out.append(storage.encoded([flat], [m])[0])
-  return out
+  return us, out

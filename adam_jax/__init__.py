@@ -6,6 +6,7 @@ else: same arguments, same state fields, same float32 numbers, minus optax's
 low-precision NaN traps.
 """
 
+from adam_jax._src import serialization as _serialization  # noqa: F401
 from adam_jax._src.alias import KahanState as KahanState
 from adam_jax._src.alias import adam as adam
 from adam_jax._src.alias import adamax as adamax
@@ -17,7 +18,9 @@ from adam_jax._src.averaging import ParamAverageState as ParamAverageState
 from adam_jax._src.averaging import averaged_params as averaged_params
 from adam_jax._src.packing import PackedMoments as PackedMoments
 from adam_jax._src.sharding import state_shardings as state_shardings
+from adam_jax._src.state import ScaleByAdamSkipState as ScaleByAdamSkipState
 from adam_jax._src.state import ScaleByAdamState as ScaleByAdamState
+from adam_jax._src.state import ScaleByAmsgradSkipState as ScaleByAmsgradSkipState
 from adam_jax._src.storage.int8 import QuantizedMoment as QuantizedMoment
 from adam_jax._src.storage.int8 import code_map as code_map
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
@@ -29,7 +32,9 @@ __all__ = [
   "PackedMoments",
   "ParamAverageState",
   "QuantizedMoment",
+  "ScaleByAdamSkipState",
   "ScaleByAdamState",
+  "ScaleByAmsgradSkipState",
   "adam",
   "adamax",
   "adamw",

@@ -6,9 +6,25 @@ with the optax optimizer of the same math (the "twin"). The loss must fall,
 the parameters and BatchNorm statistics must match the twin's to 1e-5, the
 BatchNorm statistics must stay out of the optimizer state, and a weight-decay
 mask must skip biases and norm parameters.
+
+The README's NNX recipe is executed verbatim (its code block is read from
+README.md) on a network of 80 small leaves, whose moments adam_jax packs into
+``PackedMoments``, with float32 and with 8-bit (``QuantizedMoment``) moments:
+the loss must fall and every parameter move. Then options meet a plain
+``tx.init``/``tx.update``/``optax.apply_updates`` loop over ``nnx.split``
+parameters: through ``nnx.Optimizer``, with a jitted step traced once, the
+parameters and optimizer state after 5 steps must match the loop's to 1e-6,
+on that network for every storage and option (float32, bfloat16 and int8
+moments, AMSGrad, ``skip_nonfinite`` with a NaN step, a parameter average,
+Kahan rounding of bfloat16 parameters) and on a small character transformer
+for float32, int8 and ``skip_nonfinite``; likewise Linen's ``TrainState`` on a
+Linen network of 80 small leaves for the same three.
 """
 
 import functools
+import itertools
+from pathlib import Path
+import re
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +74,9 @@ def kernel_mask(params):
 def _assert_trees_close(actual, expected, tol=1e-5):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=tol, atol=tol)
+    # float64 compares bfloat16 values and int8 codes too (int8 exactly).
+    a, e = np.asarray(a).astype(np.float64), np.asarray(e).astype(np.float64)
+    np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
 
 
 # --------------------------------------------------------------------- NNX
@@ -264,3 +282,333 @@ def test_linen_train_state_matches_optax_twin(digits, ours, twin):
     if isinstance(s, adam_jax.ScaleByAdamState)
   )
   assert jax.tree.structure(adam_state.mu) == jax.tree.structure(state.params)
+
+
+# ----------------------------------------------- the README recipe, verbatim
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+INT8 = {"mu_dtype": "int8", "nu_dtype": "int8", "int8_min_size": 256}
+
+
+def _readme_nnx_recipe() -> str:
+  """The README's python code block that builds an ``nnx.Optimizer``."""
+  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+  recipes = [block for block in blocks if "nnx.Optimizer(" in block]
+  assert len(recipes) == 1, recipes
+  return recipes[0]
+
+
+class DeepMlp(nnx.Module):
+  """40 ``Linear(16, 16)``: 80 leaves of at most 256 elements, so adam_jax
+  packs their moments (it does from 64 small leaves on)."""
+
+  def __init__(self, rngs, depth=40, width=16):
+    self.layers = nnx.List([nnx.Linear(width, width, rngs=rngs) for _ in range(depth)])
+
+  def __call__(self, x):
+    for layer in self.layers[:-1]:
+      x = jnp.tanh(layer(x))
+    return self.layers[-1](x)
+
+
+def _mse(pred, y):
+  return jnp.mean(jnp.square(pred.astype(jnp.float32) - y.astype(jnp.float32)))
+
+
+def _leaves_of(tree, kind):
+  return [
+    leaf
+    for leaf in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, kind))
+    if isinstance(leaf, kind)
+  ]
+
+
+@pytest.mark.parametrize(
+  "options",
+  ["", ', mu_dtype="int8", nu_dtype="int8", int8_min_size=256'],
+  ids=["float32-moments", "int8-moments"],
+)
+def test_readme_nnx_recipe_runs_verbatim(options):
+  """The recipe as written, and with ``options`` added to its ``adamw`` call."""
+  recipe = _readme_nnx_recipe()
+  if options:
+    call = re.search(r"adam_jax\.adamw\([^()]*\)", recipe)
+    assert call is not None, recipe
+    edited = recipe.replace(call[0], call[0][:-1] + options + ")")
+    assert edited != recipe and edited.count(options) == 1, edited
+    recipe = edited
+
+  def loss_fn(model, x, y):
+    return _mse(model(x), y)
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 16)).astype(np.float32))
+  y = jnp.asarray(rng.normal(size=(32, 16)).astype(np.float32))
+  model = DeepMlp(nnx.Rngs(0))
+  before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+  namespace = {"model": model, "loss_fn": loss_fn}
+  exec(recipe, namespace)  # the README's own code
+  optimizer, train_step = namespace["optimizer"], namespace["train_step"]
+
+  adam_state = nnx.as_pure(optimizer.opt_state)[0]
+  assert isinstance(adam_state.mu, adam_jax.PackedMoments)
+  assert bool(_leaves_of(adam_state, adam_jax.QuantizedMoment)) == bool(options)
+
+  steps = 5  # the 8-bit moments used to fail on the 2nd step
+  losses = [float(train_step(model, optimizer, x, y)) for _ in range(steps)]
+  final = float(loss_fn(model, x, y))
+  assert final < losses[0], losses
+  assert all(b < a for a, b in itertools.pairwise(losses)), losses
+  assert int(optimizer.step[...]) == steps
+  after = nnx.state(model, nnx.Param)
+  for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    assert not np.array_equal(np.asarray(old), np.asarray(new))
+
+
+# ------------------------------- every option: nnx.Optimizer vs a plain loop
+
+
+class Block(nnx.Module):
+  def __init__(self, dim, heads, rngs):
+    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+    self.attention = nnx.MultiHeadAttention(
+      heads, dim, decode=False, keep_rngs=False, rngs=rngs
+    )
+    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+    self.up = nnx.Linear(dim, 4 * dim, rngs=rngs)
+    self.down = nnx.Linear(4 * dim, dim, rngs=rngs)
+
+  def __call__(self, x, mask):
+    x = x + self.attention(self.norm1(x), mask=mask)
+    return x + self.down(nnx.gelu(self.up(self.norm2(x))))
+
+
+class CharTransformer(nnx.Module):
+  """A 2-block causal character model; 38 leaves, from 16 to 1024 elements."""
+
+  def __init__(self, rngs, vocab=32, length=8, dim=16, heads=2):
+    self.embed = nnx.Embed(vocab, dim, rngs=rngs)
+    self.position = nnx.Embed(length, dim, rngs=rngs)
+    self.blocks = nnx.List([Block(dim, heads, rngs) for _ in range(2)])
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.head = nnx.Linear(dim, vocab, rngs=rngs)
+
+  def __call__(self, tokens):
+    x = self.embed(tokens) + self.position(jnp.arange(tokens.shape[-1]))[None]
+    mask = nnx.make_causal_mask(tokens)
+    for block in self.blocks:
+      x = block(x, mask)
+    return self.head(self.norm(x))
+
+
+MATRIX_STEPS = 5
+NAN_STEP = 2  # with skip_nonfinite, the loss of this step is NaN
+
+
+def _mlp_loss(model, x, y, weight):
+  return weight * _mse(model(x), y)
+
+
+def _transformer_loss(model, tokens, weight):
+  logits = model(tokens[:, :-1])
+  return weight * _cross_entropy(logits, tokens[:, 1:])
+
+
+def _mlp_batches(rng, steps, dtype=np.float32):
+  return [
+    (
+      jnp.asarray(rng.normal(size=(16, 16)).astype(dtype)),
+      jnp.asarray(rng.normal(size=(16, 16)).astype(dtype)),
+    )
+    for _ in range(steps)
+  ]
+
+
+def _token_batches(rng, steps):
+  return [
+    (jnp.asarray(rng.integers(0, 32, size=(4, 9), dtype=np.int32)),)
+    for _ in range(steps)
+  ]
+
+
+def _bf16_mlp(rngs):
+  model = DeepMlp(rngs)
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda p: p.astype(jnp.bfloat16), params))
+  return model
+
+
+MODELS = {
+  "mlp": (DeepMlp, _mlp_loss, _mlp_batches),
+  "mlp-bf16": (
+    _bf16_mlp,
+    _mlp_loss,
+    functools.partial(_mlp_batches, dtype=jnp.bfloat16),
+  ),
+  "transformer": (CharTransformer, _transformer_loss, _token_batches),
+}
+OPTIONS = {
+  "float32": {},
+  "bf16-moments": {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16},
+  "int8-moments": INT8,
+  "amsgrad": {"amsgrad": True},
+  "skip-nonfinite": {"skip_nonfinite": True},
+  "average": {"average_decay": 0.99},
+}
+# Every option on the MLP; on the transformer (slower to compile), the three
+# whose state differs most: per-leaf float32, int8 and a skip counter.
+TRANSFORMER_OPTIONS = ("float32", "int8-moments", "skip-nonfinite")
+CASES = (
+  [pytest.param("mlp", opts, id=f"mlp-{name}") for name, opts in OPTIONS.items()]
+  + [pytest.param("mlp-bf16", {"param_rounding": "kahan"}, id="mlp-bf16-kahan")]
+  + [
+    pytest.param("transformer", OPTIONS[name], id=f"transformer-{name}")
+    for name in TRANSFORMER_OPTIONS
+  ]
+)
+
+
+def _weights(opts, steps, nan_step=NAN_STEP):
+  """The loss weight of each step: NaN at ``nan_step`` under skip_nonfinite."""
+  if not opts.get("skip_nonfinite"):
+    nan_step = None
+  return [jnp.float32(np.nan if i == nan_step else 1.0) for i in range(steps)]
+
+
+def _nnx_optimizer_run(model, tx, loss_fn, batches, weights):
+  traces = []
+
+  @nnx.jit
+  def train_step(model, optimizer, batch, weight):
+    traces.append(None)  # runs once per trace
+    grads = nnx.grad(loss_fn)(model, *batch, weight)
+    optimizer.update(model, grads)
+
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  for batch, weight in zip(batches, weights, strict=True):
+    train_step(model, optimizer, batch, weight)
+  return nnx.state(model, nnx.Param), nnx.as_pure(optimizer.opt_state), traces
+
+
+def _plain_run(model, tx, loss_fn, batches, weights):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  opt_state = tx.init(params)
+  traces = []
+
+  @jax.jit
+  def train_step(params, opt_state, batch, weight):
+    traces.append(None)
+
+    def loss(params):
+      return loss_fn(nnx.merge(graphdef, params, rest), *batch, weight)
+
+    grads = jax.grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  for batch, weight in zip(batches, weights, strict=True):
+    params, opt_state = train_step(params, opt_state, batch, weight)
+  return params, opt_state, traces
+
+
+@pytest.mark.parametrize(("model_name", "opts"), CASES)
+def test_nnx_optimizer_matches_plain_loop(model_name, opts):
+  make_model, loss_fn, make_batches = MODELS[model_name]
+  batches = make_batches(np.random.default_rng(0), MATRIX_STEPS)
+  weights = _weights(opts, MATRIX_STEPS)
+  model, twin = make_model(nnx.Rngs(0)), make_model(nnx.Rngs(0))
+  initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+  _assert_trees_close(nnx.state(twin, nnx.Param), initial, tol=0)
+  tx = adam_jax.adam(1e-2, **opts)
+
+  params, opt_state, traces = _nnx_optimizer_run(model, tx, loss_fn, batches, weights)
+  plain_params, plain_state, plain_traces = _plain_run(
+    twin, tx, loss_fn, batches, weights
+  )
+  plain_state = nnx.as_pure(plain_state)  # a parameter average holds nnx.Params
+  # One trace for all the steps: the state keeps its structure and dtypes.
+  assert len(traces) == 1 and len(plain_traces) == 1, (traces, plain_traces)
+  _assert_trees_close(params, plain_params, tol=1e-6)
+  _assert_trees_close(opt_state, plain_state, tol=1e-6)
+
+  adam_state = opt_state[0]
+  if model_name.startswith("mlp"):
+    assert isinstance(adam_state.mu, adam_jax.PackedMoments)
+  expected_steps = MATRIX_STEPS
+  if opts.get("skip_nonfinite"):
+    assert int(adam_state.skipped) == 1
+    expected_steps -= 1
+  assert int(adam_state.count) == expected_steps
+  if "average_decay" in opts:
+    _assert_trees_close(
+      adam_jax.averaged_params(opt_state),
+      adam_jax.averaged_params(plain_state),
+      tol=1e-6,
+    )
+  if opts.get("mu_dtype") == "int8":
+    assert _leaves_of(adam_state, adam_jax.QuantizedMoment)
+  if "param_rounding" in opts:
+    assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    assert _leaves_of(opt_state, adam_jax.KahanState)
+  # Every parameter moved.
+  for old, new in zip(jax.tree.leaves(initial), jax.tree.leaves(params), strict=True):
+    assert not np.array_equal(np.asarray(old), np.asarray(new))
+
+
+# -------------------------- Linen TrainState vs a plain loop, many small leaves
+
+
+class LinenDeepMlp(linen.Module):
+  """40 ``Dense(16)``: 80 leaves of at most 256 elements (packed moments)."""
+
+  @linen.compact
+  def __call__(self, x):
+    for _ in range(39):
+      x = jnp.tanh(linen.Dense(16)(x))
+    return linen.Dense(16)(x)
+
+
+@pytest.mark.parametrize(
+  "opts",
+  [{}, INT8, {"skip_nonfinite": True}],
+  ids=["float32", "int8-moments", "skip-nonfinite"],
+)
+def test_linen_train_state_matches_plain_loop(opts):
+  steps = 3
+  model = LinenDeepMlp()
+  batches = _mlp_batches(np.random.default_rng(0), steps)
+  weights = _weights(opts, steps, nan_step=1)
+  params = model.init(jax.random.key(0), batches[0][0])["params"]
+  assert len(jax.tree.leaves(params)) == 80
+  tx = adam_jax.adam(1e-2, **opts)
+
+  def loss_fn(params, x, y, weight):
+    return weight * _mse(model.apply({"params": params}, x), y)
+
+  @jax.jit
+  def train_step(state, batch, weight):
+    grads = jax.grad(loss_fn)(state.params, *batch, weight)
+    return state.apply_gradients(grads=grads)
+
+  @jax.jit
+  def plain_step(params, opt_state, batch, weight):
+    grads = jax.grad(loss_fn)(params, *batch, weight)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  plain_params, plain_state = params, tx.init(params)
+  for batch, weight in zip(batches, weights, strict=True):
+    state = train_step(state, batch, weight)
+    plain_params, plain_state = plain_step(plain_params, plain_state, batch, weight)
+  assert int(state.step) == steps
+  _assert_trees_close(state.params, plain_params, tol=1e-6)
+  _assert_trees_close(state.opt_state, plain_state, tol=1e-6)
+  adam_state = state.opt_state[0]
+  assert isinstance(adam_state.mu, adam_jax.PackedMoments)
+  if opts.get("skip_nonfinite"):
+    assert int(adam_state.skipped) == 1 and int(adam_state.count) == steps - 1
+  if opts.get("mu_dtype") == "int8":
+    assert _leaves_of(adam_state, adam_jax.QuantizedMoment)
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, state.params)
+  assert all(jax.tree.leaves(moved))

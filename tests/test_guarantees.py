@@ -196,14 +196,14 @@ def test_updates_finite_and_v_non_negative_at_any_magnitude(
   # The update is rounded to the gradient's dtype twice (Adam step, learning rate).
   rounding = 2 * float(jnp.finfo(dtype).eps)
   assert np.all(np.abs(u) <= LR * bounds[:, None] * (1 + SLACK + rounding))
-  for moment in (state[0].nu, state[0].nu_max):
+  for moment in (state[0].nu, getattr(state[0], "nu_max", None)):
     if moment is not None:
       assert bool(jnp.all(moment >= 0))
   # A square beyond the dtype may leave v at inf for one step; the next step
   # reads it back as the largest finite value, so it decays again.
   params = jnp.zeros(grads.shape[1:], grads.dtype)
   _, state = tx.update(jnp.ones_like(params), state, params)
-  for moment in (state[0].mu, state[0].nu, state[0].nu_max):
+  for moment in (state[0].mu, state[0].nu, getattr(state[0], "nu_max", None)):
     if moment is not None:
       assert bool(jnp.all(jnp.isfinite(moment))), moment
 

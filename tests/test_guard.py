@@ -112,16 +112,22 @@ def _run(tx, params, grads, jit=True):
 
 def _without_skipped(state):
   def strip(s):
-    if isinstance(s, adam_jax.ScaleByAdamState):
-      return s._replace(skipped=None)
+    if isinstance(s, adam_jax.ScaleByAdamSkipState):
+      return optax.ScaleByAdamState(s.count, s.mu, s.nu)
+    if isinstance(s, adam_jax.ScaleByAmsgradSkipState):
+      return optax.ScaleByAmsgradState(s.count, s.mu, s.nu, s.nu_max)
     return s
 
-  is_adam = lambda x: isinstance(x, adam_jax.ScaleByAdamState)  # noqa: E731
+  is_adam = lambda x: isinstance(x, SKIP_STATES)  # noqa: E731
   return jax.tree.map(strip, state, is_leaf=is_adam)
 
 
 def _adam_state(state):
-  return state if isinstance(state, adam_jax.ScaleByAdamState) else state[0]
+  return state if isinstance(state, ADAM_STATES) else state[0]
+
+
+SKIP_STATES = (adam_jax.ScaleByAdamSkipState, adam_jax.ScaleByAmsgradSkipState)
+ADAM_STATES = (*SKIP_STATES, optax.ScaleByAdamState, optax.ScaleByAmsgradState)
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])

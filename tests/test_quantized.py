@@ -41,9 +41,18 @@ def _nearest(x, scale, signed):
 
 
 def _blocks(x):
-  flat = np.asarray(x, np.float64).reshape(-1)
-  pad = -len(flat) % BLOCK
-  return np.concatenate([flat, np.zeros(pad)]).reshape(-1, BLOCK)
+  """The 8-bit blocks of ``x`` as the rows of a float64 matrix: along the
+  block axis (the last axis ``a`` whose trailing axes ``shape[a:]`` hold at
+  least ``BLOCK`` values; 0 if none), whole slices ``shape[a]`` at a time,
+  as many as hold at most ``BLOCK`` values, zero padded at the end."""
+  x = np.asarray(x, np.float64)
+  shape = x.shape or (1,)
+  a = max([0] + [i for i in range(len(shape)) if np.prod(shape[i:]) >= BLOCK])
+  per_slice = int(np.prod(shape[a + 1 :]))
+  rows = max(1, BLOCK // per_slice)
+  slices = x.reshape(-1, shape[a], per_slice)
+  slices = np.pad(slices, ((0, 0), (0, -shape[a] % rows), (0, 0)))
+  return slices.reshape(-1, rows * per_slice)
 
 
 def test_code_maps():
@@ -69,7 +78,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("shape", [(1000,), (12, 300), (3, 4, 64), (5, 256)])
+@pytest.mark.parametrize(
+  "shape", [(1000,), (12, 300), (3, 4, 64), (5, 256), (64, 96), (7, 3, 100), ()]
+)
 @pytest.mark.parametrize("signed", [True, False])
 def test_round_trip_is_the_nearest_code_within_the_stated_bound(case, shape, signed):
   rng = np.random.default_rng(0)
@@ -82,11 +93,7 @@ def test_round_trip_is_the_nearest_code_within_the_stated_bound(case, shape, sig
   assert q.scales.shape == int8.scales_shape(shape)
   y = np.asarray(q.dequantize(), np.float64)
   assert y.shape == shape
-  # Blocks run along the trailing axes: compare in the same blocked view.
-  a = int8.block_axis(shape)
-  rows = x.reshape(*shape[:a], -1).reshape(-1, int(np.prod(shape[a:])))
-  xb = np.concatenate([_blocks(r) for r in rows])
-  yb = np.concatenate([_blocks(r) for r in y.reshape(rows.shape)])
+  xb, yb = _blocks(x), _blocks(y)
   scale = np.abs(xb).max(1, keepdims=True)
   np.testing.assert_allclose(np.asarray(q.scales).reshape(-1), scale[:, 0], rtol=0)
   # Nearest code (a tie may go either way: within float32 rounding of it).
@@ -305,7 +312,9 @@ def test_nonfinite_step_is_skipped_bit_for_bit():
 
 
 def test_no_recompile_and_packed_equals_per_leaf():
-  sizes = [(4096,)] * 40 + [(300, 20)] * 30
+  # (64, 96): blocks of two 96-value rows, not the flat chunk's 256 values,
+  # so that leaf keeps its own arrays in a packed state.
+  sizes = [(4096,)] * 40 + [(300, 16)] * 30 + [(64, 96)]
   params = _tree(sizes)
   grads = _grads_for(params)
   packed = adam_jax.adam(0.01, mu_dtype="int8", nu_dtype="int8")
@@ -313,6 +322,7 @@ def test_no_recompile_and_packed_equals_per_leaf():
   s_packed = packed.init(params)
   assert isinstance(s_packed[0].mu, adam_jax.PackedMoments)
   assert any(isinstance(c, adam_jax.QuantizedMoment) for c in s_packed[0].mu.chunks)
+  assert [q.shape for q in s_packed[0].mu.own] == [(64, 96)]
   traces = []
 
   @jax.jit
@@ -322,14 +332,16 @@ def test_no_recompile_and_packed_equals_per_leaf():
     return optax.apply_updates(p, u), s
 
   p1, p2, s_plain = params, params, plain.init(params)
+  plain_update = jax.jit(plain.update)
   for k in range(6):
     p1, s_packed = step(p1, s_packed, grads(k))
-    u, s_plain = plain.update(grads(k), s_plain, p2)
+    u, s_plain = plain_update(grads(k), s_plain, p2)
     p2 = optax.apply_updates(p2, u)
   assert len(traces) == 1
   assert step._cache_size() == 1  # init's state compiles like the step's output
-  # The same blocks either way; float rounding (jit vs eager: ulps) may flip
-  # a code near a tie now and then, moving that element by a step's rounding.
+  # The same blocks either way; float rounding (ulps, as XLA fuses each
+  # layout differently) may flip a code near a tie now and then, moving
+  # that element by a step's rounding.
   for k in params:
     np.testing.assert_allclose(np.asarray(p1[k]), np.asarray(p2[k]), atol=2e-5)
 

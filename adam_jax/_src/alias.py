@@ -10,8 +10,6 @@ the same numbers as ``optax.scale_by_learning_rate`` and
 ``optax.add_decayed_weights``.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -25,11 +23,11 @@ from adam_jax._src import averaging
 from adam_jax._src import packing
 from adam_jax._src import placement
 from adam_jax._src import rule
+from adam_jax._src import state as states
 from adam_jax._src import storage
 from adam_jax._src import transform
 from adam_jax._src import validation
 from adam_jax._src.config import checked_config
-from adam_jax._src.state import ScaleByAdamState
 
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 MaskOrFn: TypeAlias = Any | Callable[[optax.Params], Any] | None
@@ -224,7 +222,7 @@ def _chain(
   def update_fn(updates, state, params=None, **extra_args):
     validation.check_param_dtypes("updates", updates)
     adam_state = state[0] if isinstance(state, tuple) and state else None
-    if isinstance(adam_state, ScaleByAdamState):  # name gradient paths
+    if isinstance(adam_state, states.ADAM_STATES):  # name gradient paths
       validation.check_tree_matches(
         "updates", updates, "state[0].mu", packing.logical(adam_state.mu)
       )
@@ -335,7 +333,9 @@ def adam(
       and update each chunk in one pass: the same numbers, with a much faster
       step and compile on trees of many leaves (README, "Performance").
       ``state[0].mu`` is then a :class:`PackedMoments` (``.unpack()`` gives
-      the tree). False keeps one array per leaf, as optax does.
+      the tree). False keeps one array per leaf, as optax does: the layout
+      optax can continue from. ``update`` steps a state in either layout
+      (one made by optax's ``init`` too) and returns it in the one it got.
     int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
       fewer elements keep float32 moments (their block scales would cost more
       than 8-bit codes save). A Python int >= 0.

@@ -18,8 +18,6 @@ which equals the paper's ``theta_bar_t / (1 - b^t)`` with
 So the average is usable at every step, including before the first one.
 """
 
-from __future__ import annotations
-
 from typing import Any
 from typing import NamedTuple
 

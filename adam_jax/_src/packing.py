@@ -28,8 +28,6 @@ this keeps ``init``, ``jit(init)`` and ``jax.eval_shape(init)`` (a checkpoint's
 restore target) in one structure.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 import math
@@ -89,7 +87,8 @@ class PackedMoments:
   ``pack_small_leaves``). It is a pytree (its leaves are the large leaves'
   own arrays and the chunks), so ``jit``, ``tree.map``, checkpointing and
   optax's wrappers handle it like any state. ``unpack()`` returns the moment
-  as a tree like the parameters; indexing (``state.mu["w"]``) reads that tree.
+  as a tree like the parameters (without single-array wrappers such as Flax
+  NNX's ``Variable``); indexing (``state.mu["w"]``) reads that tree.
 
   Example:
     >>> import jax.numpy as jnp
@@ -228,9 +227,10 @@ def plan(
   small = []
   for i, (x, shape) in enumerate(zip(leaves, shapes, strict=True)):
     size = 0 if shape is None else math.prod(shape)
-    if shape is None or size >= PACK_BELOW:
+    group = None if shape is None or size >= PACK_BELOW else group_of(x)
+    if group is None:
       continue
-    small.append((i, (group_of(x), _placement(x)), size))
+    small.append((i, (group, _placement(x)), size))
   slots: list[tuple[int, int] | None] = [None] * len(leaves)
   sizes: list[int] = []
   placements: list[Any] = []

@@ -18,11 +18,15 @@ from jax.sharding import PartitionSpec as P
 
 def placement(x: Any) -> Any:
   """Where a moment of ``x`` goes: ``x``'s sharding when ``x`` is an array
-  committed to it, else None (the default placement; jit keeps it as
+  committed to it (a ``NamedSharding`` spelled as a jitted step returns it,
+  see :func:`named`), else None (the default placement; jit keeps it as
   uncommitted as the parameters, so a step's output state compiles the same
   as ``init``'s)."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.committed:
-    return x.sharding
+    sharding = x.sharding
+    if isinstance(sharding, NamedSharding):
+      return named(sharding.mesh, list(sharding.spec))
+    return sharding
   return None
 
 

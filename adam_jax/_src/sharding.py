@@ -8,8 +8,6 @@ time, for ``jax.jit(tx.init, out_shardings=...)``, for a jitted step's
 it further over a mesh axis on request.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -260,11 +258,11 @@ def _joined(entry: Any, axis: str) -> Any:
 def _split_quantized(sharding: Any, shape: tuple[int, ...], axis: Any):
   """Codes and scales shardings of an 8-bit moment of a parameter laid out
   by ``sharding``, split over ``axis`` where whole blocks allow it: along a
-  leading axis, or along the block axis when it is the last one and each
-  piece still holds whole blocks."""
+  leading axis, or along the block axis when each piece still holds whole
+  blocks."""
   a = int8.block_axis(shape)
   candidates: list[tuple[Any, int]] = [(range(a), 1)]
-  if a == len(shape) - 1:
-    candidates.append(([a], int8.BLOCK))
+  if shape:
+    candidates.append(([a], int8.block_rows(shape)))
   codes = _split(sharding, shape, axis, candidates)
   return codes, int8.scales_sharding(codes, shape)

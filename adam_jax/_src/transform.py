@@ -18,12 +18,12 @@ import optax
 from adam_jax._src import packing
 from adam_jax._src import placement
 from adam_jax._src import rule
+from adam_jax._src import state as states
 from adam_jax._src import storage
 from adam_jax._src import validation
 from adam_jax._src.config import Config
 from adam_jax._src.config import checked_config
 from adam_jax._src.config import has_weight_decay
-from adam_jax._src.state import ScaleByAdamState
 
 
 def adam_family(cfg: Config) -> optax.GradientTransformation:
@@ -42,7 +42,7 @@ def adam_family(cfg: Config) -> optax.GradientTransformation:
     clock = rule.Clock(cfg, optax.safe_increment(state.count))
     finite = all_finite(g_leaves) if cfg.skip_nonfinite else None
     leaf_step = functools.partial(_stored_step, clock, finite)
-    moments = [state.mu, state.nu, state.nu_max]
+    moments = [state.mu, state.nu, getattr(state, "nu_max", None)]
     if packing.is_packed(state.mu):
       one = clock.one(jnp.float32)
       u_leaves, (m, v, vm) = packing.packed_step(
@@ -56,13 +56,19 @@ def adam_family(cfg: Config) -> optax.GradientTransformation:
     if finite is not None:
       count = jnp.where(finite, clock.t, state.count)
       skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
-    new_state = ScaleByAdamState(count, m, v, vm if cfg.amsgrad else None, skipped)
+    new_state = _state(cfg, count, m, v, vm, skipped)
     return u, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _init(cfg: Config, params: Any) -> ScaleByAdamState:
+def _state(cfg: Config, count, mu, nu, nu_max, skipped) -> Any:
+  """The state of ``cfg`` (optax's class unless ``skip_nonfinite``)."""
+  flags = (bool(cfg.amsgrad), cfg.skip_nonfinite)
+  return states.make_state(*flags, count, mu, nu, nu_max, skipped)
+
+
+def _init(cfg: Config, params: Any) -> Any:
   """A zero state for ``params``: each moment in its storage, the moments of
   many small leaves packed (``packing.plan``)."""
 
@@ -72,29 +78,54 @@ def _init(cfg: Config, params: Any) -> ScaleByAdamState:
   def nu_dtype(p):
     return storage.second_moment_dtype(cfg.nu_dtype, p, cfg.int8_min_size)
 
-  def group(p):
-    return mu_dtype(p), nu_dtype(p), jnp.result_type(p)
+  def group(p):  # None: the leaf keeps its own arrays
+    key = mu_dtype(p), nu_dtype(p), jnp.result_type(p)
+    if storage.INT8 in key and not storage.int8.flat_blocks(jnp.shape(p)):
+      return None  # a flat chunk would cut its blocks otherwise
+    return key
 
   def align(group):  # packed 8-bit moments align their leaves to whole blocks
     return storage.int8.BLOCK if storage.INT8 in group else 1
 
   layout, placements = None, list[Any]()
   if cfg.pack_small_leaves:
-    leaves, treedef = jax.tree.flatten(params, is_leaf=validation.is_none)
+    unboxed = validation.unboxed(params)
+    leaves, treedef = jax.tree.flatten(unboxed, is_leaf=validation.is_none)
     layout, placements = packing.plan(leaves, treedef, group, align_of=align)
 
   def moment(dtype_for, signed):
     if layout is None or not layout.chunk_sizes:  # optax's: an array per leaf
-      return jax.tree.map(lambda p: storage.zeros(p, dtype_for(p), signed), params)
+      return _zeros_per_leaf(params, dtype_for, signed)
     return packing.zeros(layout, placements, leaves, dtype_for, signed)
 
-  return ScaleByAdamState(
+  return _state(
+    cfg,
     count=placement.counter(params),
     mu=moment(mu_dtype, signed=True),
     nu=moment(nu_dtype, signed=False),
     nu_max=moment(nu_dtype, signed=False) if cfg.amsgrad else None,
     skipped=placement.counter(params) if cfg.skip_nonfinite else None,
   )
+
+
+def _zeros_per_leaf(params: Any, dtype_for, signed: bool) -> Any:
+  """A zero moment per leaf of ``params``, in optax's layout. A leaf boxed by
+  a framework (Flax NNX's ``Variable``) keeps its box when its moment is one
+  array, as optax's moments do; an 8-bit moment (two arrays) takes the box's
+  place, since such a box holds one array."""
+
+  def zeros(x):
+    if validation.is_box(x):
+      p = jax.tree.leaves(x)[0]
+      if dtype_for(p) == storage.INT8:
+        return storage.zeros(p, storage.INT8, signed)
+    return jax.tree.map(lambda p: storage.zeros(p, dtype_for(p), signed), x)
+
+  return jax.tree.map(zeros, params, is_leaf=_none_or_box)
+
+
+def _none_or_box(x: Any) -> bool:
+  return x is None or validation.is_box(x)
 
 
 def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
@@ -124,48 +155,48 @@ def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
 
 
 def _per_leaf(leaf_step, treedef, g_leaves, moments, p_leaves, wd_leaves):
-  """``leaf_step`` on each leaf of an unpacked state: ``(u, m, v, v_max)``
-  as trees (``v_max`` a tree of None without AMSGrad)."""
-  flat = [
-    [None] * len(g_leaves) if tree is None else treedef.flatten_up_to(tree)
-    for tree in moments
-  ]
+  """``leaf_step`` on each leaf of an unpacked state: ``(u, m, v, v_max)``,
+  ``u`` in the gradients' structure (``treedef``) and each moment in its own
+  (``v_max`` None without AMSGrad). The moments' structure may differ from
+  the gradients' by single-array boxes (``validation.is_box``), which keep
+  the leaves' order."""
+  flat, defs = [], []
+  for tree in moments:
+    leaves, tdef = jax.tree.flatten(tree, is_leaf=_none_or_stored)
+    flat.append([None] * len(g_leaves) if tree is None else leaves)
+    defs.append(None if tree is None else tdef)
   outs = [
     (None, None, None, None) if g is None else leaf_step(g, ms, p, wd)
     for g, *ms, p, wd in zip(g_leaves, *flat, p_leaves, wd_leaves, strict=True)
   ]
   columns = list(zip(*outs, strict=True)) if outs else [()] * 4
-  return tuple(treedef.unflatten(list(col)) for col in columns)
+  u = treedef.unflatten(list(columns[0]))
+  return u, *(
+    None if tdef is None else tdef.unflatten(list(col))
+    for tdef, col in zip(defs, columns[1:], strict=True)
+  )
+
+
+def _none_or_stored(x: Any) -> bool:
+  return x is None or storage.is_quantized(x)
 
 
 def check_state(cfg: Config, updates: Any, state: Any) -> None:
-  """Checks, at trace time, that ``state`` is a :class:`ScaleByAdamState` made
-  by ``init`` of this configuration for parameters like ``updates``."""
-  if not isinstance(state, ScaleByAdamState):
-    hint = ""
-    if type(state).__name__ == "ScaleByAdamState":
-      hint = (
-        " (this is optax's state; convert it with adam_jax.ScaleByAdamState("
-        "count=s.count, mu=s.mu, nu=s.nu))"
-      )
+  """Checks, at trace time, that ``state`` is the state ``init`` of this
+  configuration makes (or optax's ``init`` of its namesake: the same class)
+  for parameters like ``updates``, in any of the layouts ``init`` gives
+  (per leaf or packed, boxed or not)."""
+  expected = states.state_class(bool(cfg.amsgrad), cfg.skip_nonfinite)
+  if not isinstance(state, expected):
     raise TypeError(
-      "state must be the adam_jax.ScaleByAdamState returned by init, got a"
-      f" {type(state).__module__}.{type(state).__name__}{hint}."
+      f"state must be the {_class_name(expected)} that init returns for"
+      f" these options, got {_described_state(state)}. Was the state made by"
+      " another optimizer, or with other amsgrad/skip_nonfinite options? Call"
+      " init with this optimizer."
     )
   validation.check_tree_matches(
     "updates", updates, "state.mu", packing.logical(state.mu)
   )
-  for field, wanted, option in (
-    ("nu_max", bool(cfg.amsgrad), "amsgrad"),
-    ("skipped", cfg.skip_nonfinite, "skip_nonfinite"),
-  ):
-    if (getattr(state, field) is not None) != wanted:
-      raise ValueError(
-        f"state.{field} is {'None' if not wanted else 'set'} but this"
-        f" optimizer keeps {'it' if wanted else 'None there'}: the state comes"
-        f" from a configuration with a different {option} option. Call init"
-        " with this optimizer."
-      )
   for field, dtype in (("mu", cfg.mu_dtype), ("nu", cfg.nu_dtype)):
     if dtype is None:
       continue
@@ -185,6 +216,17 @@ def check_state(cfg: Config, updates: Any, state: Any) -> None:
           f" {field}_dtype={shown}: the state comes from another configuration."
           " Call init with this optimizer."
         )
+
+
+def _class_name(cls: type) -> str:
+  package = cls.__module__.split(".")[0]
+  return f"{package}.{cls.__qualname__}"
+
+
+def _described_state(state: Any) -> str:
+  if isinstance(state, states.ADAM_STATES):
+    return f"{_class_name(type(state))} with fields {state._fields}"
+  return f"a {_class_name(type(state))}"
 
 
 def all_finite(leaves: list[Any]) -> jax.Array:
@@ -306,8 +348,11 @@ def scale_by_adam(
       fewer elements keep float32 moments.
 
   Returns:
-    An :class:`optax.GradientTransformation` whose state is a
-    :class:`ScaleByAdamState`.
+    An :class:`optax.GradientTransformation` whose state is optax's own
+    ``optax.ScaleByAdamState`` (``optax.ScaleByAmsgradState`` with
+    ``amsgrad``), so ``update`` also steps a state that optax's ``init``
+    made; with ``skip_nonfinite``, a :class:`ScaleByAdamSkipState` (or
+    :class:`ScaleByAmsgradSkipState`), which adds the ``skipped`` count.
 
   Raises:
     ValueError: a concrete hyperparameter outside its range.

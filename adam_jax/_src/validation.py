@@ -10,8 +10,7 @@ Every message has the form ``<name> must be <what is allowed>, got
 <name>=<value>``, or names the first path where two trees differ.
 """
 
-from __future__ import annotations
-
+from collections.abc import Mapping
 import inspect
 import math
 from typing import Any
@@ -226,6 +225,33 @@ def is_none(x: Any) -> bool:
   return x is None
 
 
+def is_box(x: Any) -> bool:
+  """Whether ``x`` wraps a single array, as Flax NNX's ``Variable`` does: a
+  pytree node that is not a standard container (list, tuple, mapping) and
+  whose only child is a leaf."""
+  if x is None or isinstance(x, (list, tuple, Mapping, jax.Array, np.ndarray)):
+    return False
+  if type(x).__module__.startswith("adam_jax."):  # our state types hold moments
+    return False
+  children, treedef = jax.tree_util.tree_flatten(x, is_leaf=lambda y: y is not x)
+  if jax.tree_util.treedef_is_leaf(treedef) or len(children) != 1:
+    return False
+  child = children[0]
+  return child is not None and jax.tree_util.treedef_is_leaf(jax.tree.structure(child))
+
+
+def unboxed(tree: Any) -> Any:
+  """``tree`` with every single-array wrapper (:func:`is_box`) replaced by
+  its array: the structure two trees must share whether or not a framework
+  boxed their leaves (Flax NNX's ``Optimizer`` hands ``update`` unboxed
+  gradients and state, while ``tx.init`` saw boxed parameters)."""
+
+  def unbox(x):
+    return jax.tree.leaves(x)[0] if is_box(x) else x
+
+  return jax.tree.map(unbox, tree, is_leaf=lambda x: x is None or is_box(x))
+
+
 def leaf_paths(tree: Any, is_leaf: Any = None) -> list[tuple[str, Any]]:
   """``(path, leaf)`` pairs of a tree, None leaves included (and subtrees
   for which ``is_leaf`` holds kept whole)."""
@@ -281,10 +307,11 @@ def check_tree_matches(name: str, tree: Any, state_name: str, state_tree: Any):
   the same containers and keys, None at the same places, the same shapes, and
   real where the state is real (complex where it is complex).
 
-  The error names the first differing path.
+  Single-array wrappers (Flax NNX's ``Variable``) on either side are looked
+  through (:func:`unboxed`). The error names the first differing path.
   """
-  a, adef = _paths(tree)
-  b, bdef = _paths(state_tree)
+  a, adef = _paths(unboxed(tree))
+  b, bdef = _paths(unboxed(state_tree))
   if adef != bdef:
     for (pa, xa), (pb, xb) in zip(a, b, strict=False):
       if pa != pb:
@@ -396,8 +423,8 @@ def check_state(state: Any, expected: Any) -> None:
   a schedule instead of a constant, ``average_decay``, ``skip_nonfinite``,
   a mask...), differs somewhere; the error names the first place.
   """
-  got: Any = jax.tree.structure(state)
-  want: Any = jax.tree.structure(expected)
+  got: Any = jax.tree.structure(unboxed(state))
+  want: Any = jax.tree.structure(unboxed(expected))
   if got == want:
     return
   path, mine, theirs = first_difference(got, want)

@@ -82,11 +82,13 @@ def zeros(like: Any, dtype: Any, signed: bool) -> Any:
   sharding when ``like`` is a committed array, and tied to its sharding
   when ``like`` is traced (see :func:`follow`)."""
   z: Any
+  where = placement.placement(like)
   if isinstance(dtype, str) and dtype == INT8:
-    where = placement.placement(like)
     z = int8.quantized_zeros(tuple(jnp.shape(like)), signed, where)
-  else:
+  elif where is None:
     z = jnp.zeros_like(like, dtype=dtype)
+  else:
+    z = jnp.zeros(jnp.shape(like), dtype, device=where)
   return follow(like, z)
 
 

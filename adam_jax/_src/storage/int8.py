@@ -9,6 +9,7 @@ explicit axes the blocks are formed where each block lives on one device.
 
 import math
 from typing import Any
+import warnings
 
 import jax
 from jax.experimental.shard_alike import shard_alike
@@ -148,37 +149,73 @@ def block_axis(shape: tuple[int, ...]) -> int:
   return 0
 
 
+def block_rows(shape: tuple[int, ...]) -> int:
+  """How many whole slices along :func:`block_axis` make one block: as many
+  as hold at most ``BLOCK`` values together (exactly ``BLOCK`` when the
+  axes after it hold a divisor of ``BLOCK``)."""
+  return max(1, BLOCK // math.prod(shape[block_axis(shape) + 1 :]))
+
+
+def flat_blocks(shape: tuple[int, ...]) -> bool:
+  """Whether the blocks are those of the flattened array (``BLOCK``
+  consecutive values each, padded at its end only), as in a flat chunk of
+  packed leaves."""
+  if not shape:
+    return True
+  a, rows = block_axis(shape), block_rows(shape)
+  full = rows * math.prod(shape[a + 1 :]) == BLOCK
+  return full and (a == 0 or shape[a] % rows == 0)
+
+
 def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  if not shape:
+    return (1,)
   a = block_axis(shape)
-  return (*shape[:a], -(-math.prod(shape[a:]) // BLOCK))
+  return (*shape[:a], -(-shape[a] // block_rows(shape)))
 
 
 def _blocked(x: jax.Array) -> jax.Array:
-  """``x`` viewed as ``lead + (blocks, BLOCK)``, zero padded at the end."""
+  """``x`` viewed as its blocks: ``lead + (blocks, rows) + trailing``, the
+  block axis zero padded at the end (``lead + (blocks,)`` is the scales'
+  shape, ``rows`` is :func:`block_rows`).
+
+  A block is whole slices along the block axis, so the view only splits
+  that axis: the trailing axes keep their sharding, and a block spread over
+  shards costs a reduction of its scale across them, not a gather.
+  """
   shape = tuple(x.shape)
-  a = block_axis(shape)
-  lead, rest = shape[:a], math.prod(shape[a:])
-  blocks = -(-rest // BLOCK)
+  if not shape:
+    return _blocked(x.reshape(1))
+  a, rows = block_axis(shape), block_rows(shape)
+  blocks = -(-shape[a] // rows)
   typed, spec = _block_layout(x, shape)
   if typed is not None:  # explicit mesh axes: each block on one device first
     x = jax.sharding.reshard(x, placement.on(typed, _block_friendly(spec, len(shape))))
-  x = _reshape(x, (*lead, rest), typed, P(*spec))
-  if blocks * BLOCK != rest:
-    x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, blocks * BLOCK - rest)])
-  return _reshape(x, (*lead, blocks, BLOCK), typed, P(*spec, None))
+  if blocks * rows != shape[a]:
+    widths = [(0, 0)] * len(shape)
+    widths[a] = (0, blocks * rows - shape[a])
+    x = jnp.pad(x, widths)
+  view = (*shape[:a], blocks, rows, *shape[a + 1 :])
+  return _reshape(x, view, typed, _block_friendly(spec, len(view)))
 
 
 def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
   """The inverse of :func:`_blocked`: ``x`` (blocks) back in ``shape``, laid
   out like ``like`` (on a mesh with explicit axes)."""
+  if not shape:
+    return _unblocked(x, (1,), None if like is None else like.reshape(1)).reshape(())
   a = block_axis(shape)
-  lead, rest = shape[:a], math.prod(shape[a:])
   typed, spec = (None, ()) if like is None else _block_layout(like, shape)
-  x = _reshape(x, (*lead, x.shape[-2] * BLOCK), typed, P(*spec))
-  if x.shape[-1] != rest:
-    x = x[..., :rest]
-  x = _reshape(x, shape, typed, _block_friendly(spec, len(shape)))
+  padded = (*shape[:a], x.shape[a] * x.shape[a + 1], *shape[a + 1 :])
+  x = _reshape(x, padded, typed, _block_friendly(spec, len(shape)))
+  if padded[a] != shape[a]:
+    x = jax.lax.slice_in_dim(x, 0, shape[a], axis=a)
   return x if typed is None else jax.sharding.reshard(x, typed)
+
+
+def _per_block(scales: jax.Array, blocked: jax.Array) -> jax.Array:
+  """``scales`` broadcastable against the blocked view they belong to."""
+  return scales.reshape(scales.shape + (1,) * (blocked.ndim - scales.ndim))
 
 
 def _block_layout(x: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:
@@ -210,6 +247,7 @@ def quantized_zeros(
   """A zero :class:`QuantizedMoment` of ``shape``: the codes placed at
   ``placement`` (a sharding, or None for the default placement) and the
   scales laid out to match."""
+  _warn_if_blocks_straddle(placement, shape)
   codes = jnp.zeros(shape, jnp.int8 if signed else jnp.uint8, device=placement)
   scales = jnp.zeros(
     scales_shape(shape), jnp.float32, device=scales_sharding(placement, shape)
@@ -217,24 +255,44 @@ def quantized_zeros(
   return QuantizedMoment(codes, scales)
 
 
+def _warn_if_blocks_straddle(sharding: Any, shape: tuple[int, ...]) -> None:
+  """Warns when ``sharding`` splits the block axis so that the blocked view
+  (``blocks`` x ``rows`` along it, see :func:`_blocked`) cannot be split the
+  same way: neither do the shards hold whole blocks, nor does each block
+  split evenly over them. XLA then gathers the moment in every step."""
+  if not isinstance(sharding, jax.sharding.NamedSharding) or not shape:
+    return
+  a, rows = block_axis(shape), block_rows(shape)
+  blocks = -(-shape[a] // rows)
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  pieces = placement.shards(sharding, spec[a])
+  if blocks % pieces == 0 or (pieces % blocks == 0 and rows % (pieces // blocks) == 0):
+    return
+  warnings.warn(
+    f"an 8-bit moment of a parameter of shape {shape} laid out as"
+    f" {sharding.spec}: its {blocks} blocks of {rows} slices along axis {a}"
+    f" do not split evenly over the {pieces} shards of that axis, so a jitted"
+    " step gathers the moment. Lay that axis out over a number of shards"
+    f" that divides {blocks}, or keep this parameter's moments in float32"
+    " (a larger int8_min_size).",
+    stacklevel=2,
+  )
+
+
 def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
-  """The scales follow the parameter's leading axes, and its last axis when
-  blocks run along that axis alone and each shard holds whole blocks; other
-  trailing axes are replicated (a block split over shards cannot keep one
-  scale per shard)."""
+  """The scales follow the parameter's leading axes, and its block axis
+  when each shard along it holds whole blocks; a block spread over shards
+  has one scale for all of them, so the scales are not split there."""
   if sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   if not isinstance(sharding, jax.sharding.NamedSharding):
     return None
+  if not shape:
+    return placement.named(sharding.mesh, [])
   a = block_axis(shape)
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-  last = None
-  if (
-    a == len(shape) - 1
-    and shape[a] % (placement.shards(sharding, spec[a]) * BLOCK) == 0
-  ):
-    last = spec[a]
-  return placement.named(sharding.mesh, [*spec[:a], last])
+  whole = shape[a] % (placement.shards(sharding, spec[a]) * block_rows(shape)) == 0
+  return placement.named(sharding.mesh, [*spec[:a], spec[a] if whole else None])
 
 
 def _magnitudes(index: jax.Array, top: int) -> jax.Array:
@@ -289,7 +347,7 @@ def dequantize(q: QuantizedMoment) -> jax.Array:
     mags = jnp.where(codes < 0, -mags, mags)
   else:
     mags = _magnitudes(codes, _DECADES[False])
-  return _unblocked(mags * q.scales[..., None], shape, q.codes)
+  return _unblocked(mags * _per_block(q.scales, codes), shape, q.codes)
 
 
 def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
@@ -315,7 +373,7 @@ def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
   big = jnp.float32(jnp.finfo(jnp.float32).max)
   finite = [jnp.where(jnp.abs(b) <= big, jnp.abs(b), 0) for b in blocks]
   zero = tuple(jnp.float32(0) for _ in xs)
-  axis = (finite[0].ndim - 1,)
+  axis = tuple(range(len(scales_shape(shape)), finite[0].ndim))
 
   def pick(acc, new):
     return tuple(jax.lax.max(x, y) for x, y in zip(acc, new, strict=True))
@@ -326,7 +384,8 @@ def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
     # Scaled by a power of 2 first, so that neither a huge absmax nor a tiny
     # one leaves the normal range when XLA divides through its reciprocal.
     pre = jnp.where(s > 2.0**100, 2.0**-100, jnp.where(s < 2.0**-100, 2.0**100, 1.0))
-    a = (jnp.abs(b) * pre[..., None]) / jnp.where(s > 0, s * pre, 1)[..., None]
+    divisor = _per_block(jnp.where(s > 0, s * pre, 1), b)
+    a = (jnp.abs(b) * _per_block(pre, b)) / divisor
     a = jnp.where(a < 1, a, jnp.where(a >= 1, 1, 0))  # NaN -> 0, inf -> 1
     index = _indices(a, _DECADES[sign], None if sign else b > 0)
     if sign:
@@ -344,7 +403,9 @@ def follow(like: Any, z: QuantizedMoment) -> QuantizedMoment:
   codes = shard_alike(like, z.codes)[1]
   typed = placement.typed_sharding(like)
   if typed is None:
-    scales = shard_alike(_blocked(like)[..., 0], z.scales)[1]
+    blocked = _blocked(like)
+    first = (Ellipsis, *([0] * (blocked.ndim - z.scales.ndim)))
+    scales = shard_alike(blocked[first], z.scales)[1]
   else:  # explicit axes: the scales' sharding is part of their type
     scales = jnp.zeros(
       z.scales.shape, jnp.float32, out_sharding=scales_sharding(typed, z.shape)

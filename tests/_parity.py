@@ -1,6 +1,6 @@
 """Cross-framework parity: the cases, the gradient sequence and the runners.
 
-One module serves both the tests (``tests/test_parity.py``) and the script that
+One module serves both the tests (``tests/suites/test_parity.py``) and the script that
 regenerates the stored reference trajectories (``tests/make_parity_fixtures.py``),
 so the live comparison and the fixtures run exactly the same framework code.
 

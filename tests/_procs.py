@@ -1,11 +1,13 @@
 """Running Python in a subprocess: the demo, the benchmarks, and scripts that
 need simulated devices (``XLA_FLAGS`` must be set before jax is imported)."""
 
-from __future__ import annotations
-
 import os
+from pathlib import Path
 import subprocess
 import sys
+
+# The repository root: the working directory of the scripts run here.
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_python(

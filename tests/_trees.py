@@ -1,10 +1,11 @@
-"""Small helpers shared by the tests: random trees and tree comparison."""
+"""Small helpers shared by the tests: random trees, jitted steps and tree
+comparison."""
 
-from __future__ import annotations
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def is_none(x):
@@ -84,13 +85,57 @@ def assert_same_structure(a, b):
 
 
 def assert_trees_equal(a, b) -> None:
-  """Same structure, and every leaf bitwise equal in value and dtype."""
-  assert jax.tree.structure(a, is_leaf=is_none) == jax.tree.structure(
-    b, is_leaf=is_none
-  ), (jax.tree.structure(a), jax.tree.structure(b))
-  for (path, x), y in zip(
-    jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
-  ):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype, (jax.tree_util.keystr(path), x.dtype, y.dtype)
-    assert np.array_equal(x, y), (jax.tree_util.keystr(path), x, y)
+  """Same structure, and every leaf equal in value, shape and dtype; a
+  failure names the differing leaf's path. (chex's ``strict`` comparison
+  does not tell bfloat16 from float32, hence the separate dtype check.)"""
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_equal_dtypes(a, b)
+  chex.assert_trees_all_equal(a, b, strict=True)
+
+
+# Shapes of the many-leaf model: some 2-D, one 0-d in nine.
+_SHAPES = [(3,), (2, 3), (5,), (4, 4), (1,), (6, 2), (7,), (), (3, 1)]
+
+
+def many_leaves(n: int = 100):
+  """``n`` small float32 leaves of varied shapes: above 64 of them adam_jax
+  packs the moments by default."""
+  key = jax.random.key(0)
+  return {
+    f"layer{i:03d}": jax.random.normal(
+      jax.random.fold_in(key, i), _SHAPES[i % len(_SHAPES)], jnp.float32
+    )
+    for i in range(n)
+  }
+
+
+def gradient_steps(params, steps: int, seed: int = 7):
+  """:func:`gradient_sequence` as a list of ``steps`` gradient trees."""
+  stacked = gradient_sequence(params, steps, seed)
+  return [jax.tree.map(lambda g, t=t: g[t], stacked) for t in range(steps)]
+
+
+def jitted_step(tx, max_traces: int | None = None):
+  """A jitted ``(params, state, grads) -> (params, state)`` step of ``tx``;
+  with ``max_traces``, tracing it more often raises (``chex.assert_max_traces``;
+  the counter is reset before each test by ``tests/conftest.py``)."""
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  if max_traces is not None:
+    step = chex.assert_max_traces(step, max_traces)
+  return jax.jit(step)
+
+
+def run_steps(step, params, state, grads):
+  """``step`` over every gradient tree in ``grads``."""
+  for g in grads:
+    params, state = step(params, state, g)
+  return params, state
+
+
+def avals(tree):
+  """Shape, dtype and weak type of every leaf: what jit's cache keys on."""
+  return [(x.shape, x.dtype, x.weak_type) for x in jax.tree.leaves(tree)]

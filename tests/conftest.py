@@ -9,6 +9,7 @@ with int32), so reference computations with optax run inside ``optax_mode()``.
 import contextlib
 import os
 
+import chex
 from hypothesis import settings
 import jax
 import pytest
@@ -21,15 +22,23 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile("default")
 
 # Tests that need 8 simulated devices run in their own process (XLA_FLAGS must
-# be set before jax is imported): tests/test_multidevice.py starts it.
+# be set before jax is imported): tests/suites/test_multidevice.py starts it.
 MULTIDEVICE = "ADAM_JAX_MULTIDEVICE"
-collect_ignore = [] if os.environ.get(MULTIDEVICE) == "1" else ["multidevice"]
+collect_ignore = [] if os.environ.get(MULTIDEVICE) == "1" else ["suites/multidevice"]
 
 
 @pytest.fixture(autouse=True)
 def _strict_jax():
   with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counts():
+  """``chex.assert_max_traces`` counts traces per function definition site;
+  each test (and each parametrization) starts from zero."""
+  chex.clear_trace_counter()
+  yield
 
 
 @contextlib.contextmanager

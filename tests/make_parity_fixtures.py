@@ -6,7 +6,7 @@
 writes ``tests/fixtures/parity/sequence.npz`` (the initial parameters and the
 gradient sequence) and one ``<case>.npz`` per case in ``tests/_parity.py``
 (every parameter after every step, plus Keras's ``use_ema`` average where the
-case has one). ``tests/test_parity.py`` compares adam_jax with these files
+case has one). ``tests/suites/test_parity.py`` compares adam_jax with these files
 always, and with the live frameworks whenever they are installed.
 """
 

@@ -1,21 +1,16 @@
 """The 2-process data-parallel example (``jax.distributed`` over localhost,
 CPU collectives through gloo) against the same training in one process."""
 
-from pathlib import Path
 import re
 
-from jax._src.lib import _jax
 import pytest
 
+from tests._procs import REPO
 from tests._procs import run_python
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(
-  not hasattr(_jax, "make_gloo_tcp_collectives"),
-  reason="this jaxlib has no gloo CPU collectives (multi-process CPU runs)",
-)
 def test_two_processes_train_like_one():
   out = run_python("-m", "adam_jax.examples.multihost", "--steps", "60", cwd=REPO)
   text = out.stdout + out.stderr

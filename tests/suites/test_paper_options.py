@@ -30,9 +30,9 @@ import optax
 import pytest
 
 import adam_jax
-from tests.test_paper_reference import assert_rel_close
-from tests.test_paper_reference import initial_params
-from tests.test_paper_reference import rich_gradients
+from tests.suites.test_paper_reference import assert_rel_close
+from tests.suites.test_paper_reference import initial_params
+from tests.suites.test_paper_reference import rich_gradients
 
 
 def reference(

@@ -6,6 +6,7 @@ definition: with m_hat_t = sum_k w_k g_{t-k} and v_hat_t = sum_k c_k g_{t-k}^2
 with equality when g_{t-k} is proportional to w_k / c_k.
 """
 
+import chex
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -208,6 +209,10 @@ def test_updates_finite_and_v_non_negative_at_any_magnitude(
       assert bool(jnp.all(jnp.isfinite(moment))), moment
 
 
+def _as_float64(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
 def _tree(draw_shapes, dtype, seed):
   rng = np.random.RandomState(seed)
   leaves = [jnp.asarray(rng.randn(*s), dtype) for s in draw_shapes]
@@ -246,7 +251,6 @@ def test_jit_equals_eager_and_state_dtypes_and_shapes_are_stable(
   params = _tree(shape_list, dtype, seed)
   tx = adam_jax.adamw(1e-2, **config)
   init = tx.init(params)
-  spec = lambda s: jax.tree.map(lambda x: (x.shape, x.dtype), s)  # noqa: E731
   eager_state, jit_state = init, init
   step = jax.jit(tx.update)
   rng = np.random.RandomState(seed + 1)
@@ -256,14 +260,13 @@ def test_jit_equals_eager_and_state_dtypes_and_shapes_are_stable(
     u_jit, jit_state = step(g, jit_state, params)
     # Same numbers to float32 rounding (eager runs op by op, jit fuses), in the
     # gradient's dtype.
-    for a, b in zip(jax.tree.leaves(u_eager), jax.tree.leaves(u_jit), strict=True):
-      assert a.dtype == b.dtype
-      ulp = float(jnp.finfo(a.dtype).eps)
-      np.testing.assert_allclose(
-        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2 * ulp, atol=1e-7
-      )
-    assert spec(u_jit) == spec(params)
-    assert spec(jit_state) == spec(init) == spec(eager_state)
+    chex.assert_trees_all_equal_dtypes(u_eager, u_jit)
+    ulp = float(jnp.finfo(dtype).eps)
+    chex.assert_trees_all_close(
+      _as_float64(u_eager), _as_float64(u_jit), rtol=2 * ulp, atol=1e-7
+    )
+    chex.assert_trees_all_equal_shapes_and_dtypes(u_jit, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(jit_state, init, eager_state)
 
 
 @settings(max_examples=10, deadline=None)
@@ -306,6 +309,6 @@ def test_count_saturates_without_overflow_or_nan():
       for _ in range(2):
         u, state = jax.jit(tx.update)(g, state, params)
         assert int(state[0].count) == 2**31 - 1
-        assert bool(jnp.all(jnp.isfinite(u)))
+        chex.assert_tree_all_finite(u)
     # At t -> infinity, b**t = 0: the step is m / (sqrt(v) + eps).
     assert float(jnp.max(jnp.abs(u))) <= LR * 8

@@ -1,19 +1,21 @@
-"""Runs tests/multidevice (8 simulated CPU devices) in its own process:
+"""Runs tests/suites/multidevice (8 simulated CPU devices) in its own process:
 ``XLA_FLAGS`` must be set before jax is imported, so those tests cannot
 share this process."""
 
-from pathlib import Path
 import re
 
+import pytest
+
+from tests._procs import REPO
 from tests._procs import run_python
 from tests.conftest import MULTIDEVICE
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
 def test_multidevice_suite_passes_on_8_devices():
   out = run_python(
-    *("-m", "pytest", "tests/multidevice", "-q", "-p", "no:cacheprovider"),
+    *("-m", "pytest", "tests/suites/multidevice", "-q", "-p", "no:cacheprovider"),
     devices=8,
     cwd=REPO,
     timeout=1200,

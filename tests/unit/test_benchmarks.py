@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 import statistics
 import subprocess
 
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 
 from adam_jax import benchmarks
+from tests._procs import REPO
 from tests._procs import run_python
 
-REPO = Path(__file__).resolve().parent.parent
 QUICK_LEAVES = {
   "1x16M": 1,
   "transformer": 65,
@@ -38,7 +37,9 @@ def _num_params(leaves) -> int:
   return sum(math.prod(x.shape) for x in leaves)
 
 
-@pytest.fixture(scope="module")
+# Session scope: the tests that use it share an xdist group (one worker), and
+# a module fixture would be set up again after another module's test ran there.
+@pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
   """One ``--quick`` run of every tree: (completed process, JSON record)."""
   path = tmp_path_factory.mktemp("bench") / "b.json"
@@ -47,6 +48,8 @@ def quick_run(tmp_path_factory):
   return proc, json.loads(path.read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("benchmarks")
 def test_quick_run_prints_the_table(quick_run):
   proc, result = quick_run
   names = [name for _, name in benchmarks.TABLE_COLUMNS]
@@ -58,6 +61,8 @@ def test_quick_run_prints_the_table(quick_run):
   assert "environment: " in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("benchmarks")
 def test_quick_run_records_every_tree(quick_run):
   _, result = quick_run
   header = result["header"]
@@ -89,6 +94,8 @@ def test_quick_run_records_every_tree(quick_run):
     assert "adam_jax_per_leaf" not in results  # only with --per-leaf
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("benchmarks")
 def test_quick_run_times_the_vmapped_update(quick_run):
   """The vmapped update is on by default: 8 problems of one 256-element leaf
   with --quick, each variant's ratio to 8 unbatched steps of the same rounds."""
@@ -119,6 +126,7 @@ def test_quick_run_times_the_vmapped_update(quick_run):
   assert "vmapped update" not in benchmarks.format_table(without)
 
 
+@pytest.mark.slow
 def test_per_leaf_column(tmp_path):
   path = tmp_path / "b.json"
   proc = _run_module(
@@ -146,6 +154,7 @@ def test_per_leaf_column(tmp_path):
   assert "vmapped update" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_state_formats_table(tmp_path):
   """--state-formats times bf16 and int8 moments against float32 ones and
   reports the state's bytes, counted here from the formats' definitions."""
@@ -219,6 +228,7 @@ def test_trees_are_deterministic():
       assert not jnp.array_equal(x, g)
 
 
+@pytest.mark.slow
 def test_bad_trees_exit_nonzero_naming_the_allowed_ones():
   proc = _run_module("--trees", "nope")
   assert proc.returncode != 0
@@ -228,6 +238,7 @@ def test_bad_trees_exit_nonzero_naming_the_allowed_ones():
   assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_bad_steps_exit_nonzero():
   proc = _run_module("--steps", "0")
   assert proc.returncode != 0

@@ -1,7 +1,10 @@
-"""The dtype matrix: state dtypes never drift, updates keep the gradient dtype."""
+"""``adam_jax._src.storage.floats``: the dtype matrix. Moments are computed in at
+least float32 and stored in their storage dtype, which never drifts; updates
+come back in the gradient's dtype."""
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,11 +51,10 @@ def test_state_dtypes_are_stable_through_lax_cond(
   params = _params(param_dtype)
   tx = _make(name, mu_dtype, nu_dtype)
   state0 = tx.init(params)
-  traces = []
 
   @jax.jit
+  @chex.assert_max_traces(n=1)  # the state's dtypes do not drift: no retrace
   def step(pred, state, params):
-    traces.append(1)
     g = jax.tree.map(lambda p: p * p.dtype.type(0.5) + p.dtype.type(0.25), params)
     return jax.lax.cond(
       pred,
@@ -63,19 +65,16 @@ def test_state_dtypes_are_stable_through_lax_cond(
   state = state0
   for pred in (True, True, False, True):
     updates, state = step(pred, state, params)
-  assert len(traces) == 1  # the second and later calls did not recompile
-  assert [x.dtype for x in jax.tree.leaves(state)] == [
-    x.dtype for x in jax.tree.leaves(state0)
-  ]
-  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
-    assert u.dtype == p.dtype
-    assert bool(jnp.all(jnp.isfinite(u)))
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, state0)
+  chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+  chex.assert_tree_all_finite(updates)
+  for u in jax.tree.leaves(updates):
     assert bool(jnp.any(u != 0))
   mu = jax.tree.leaves(state[0].mu)[0]
   nu = jax.tree.leaves(state[0].nu)[0]
-  assert mu.dtype == jnp.dtype(mu_dtype or param_dtype)
+  chex.assert_type(mu, jnp.dtype(mu_dtype or param_dtype))
   real = jnp.finfo(jnp.dtype(param_dtype)).dtype
-  assert nu.dtype == jnp.dtype(nu_dtype or real)
+  chex.assert_type(nu, jnp.dtype(nu_dtype or real))
   assert int(state[0].count) == 3
 
 

@@ -1,6 +1,6 @@
 """adam_jax.state_shardings in one process with one device: its arguments
 are checked, and its shardings fit jit(init) (packed state included). The
-layouts on 8 devices are tested in tests/multidevice."""
+layouts on 8 devices are tested in tests/suites/multidevice."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import adam_jax
+from tests._trees import assert_trees_equal
 from tests.conftest import optax_mode
 
 
@@ -118,8 +119,7 @@ def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt)
     for g in grads[2:]:
       p, s = step(p, s, g)
       q, r = step(q, r, g)
-  for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((q, r)), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal((q, r), (p, s))
 
 
 def _apply(tx, p, s, g):

@@ -23,9 +23,9 @@ Linen network of 80 small leaves for the same three.
 
 import functools
 import itertools
-from pathlib import Path
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +33,8 @@ import optax
 import pytest
 
 import adam_jax
-
-from .conftest import optax_mode
+from tests._procs import REPO
+from tests.conftest import optax_mode
 
 flax = pytest.importorskip("flax")
 from flax import linen  # noqa: E402
@@ -72,11 +72,15 @@ def kernel_mask(params):
 
 
 def _assert_trees_close(actual, expected, tol=1e-5):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    # float64 compares bfloat16 values and int8 codes too (int8 exactly).
-    a, e = np.asarray(a).astype(np.float64), np.asarray(e).astype(np.float64)
-    np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+  """Leaf by leaf (a failure names the leaf's path); float64 compares
+  bfloat16 values and int8 codes too (int8 exactly)."""
+
+  def as_float64(tree):
+    return jax.tree.map(lambda x: np.asarray(x).astype(np.float64), tree)
+
+  chex.assert_trees_all_close(
+    as_float64(actual), as_float64(expected), rtol=tol, atol=tol
+  )
 
 
 # --------------------------------------------------------------------- NNX
@@ -286,7 +290,7 @@ def test_linen_train_state_matches_optax_twin(digits, ours, twin):
 
 # ----------------------------------------------- the README recipe, verbatim
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 INT8 = {"mu_dtype": "int8", "nu_dtype": "int8", "int8_min_size": 256}
 
 
@@ -476,29 +480,25 @@ def _weights(opts, steps, nan_step=NAN_STEP):
 
 
 def _nnx_optimizer_run(model, tx, loss_fn, batches, weights):
-  traces = []
-
   @nnx.jit
+  @chex.assert_max_traces(n=1)  # the state keeps its structure and dtypes
   def train_step(model, optimizer, batch, weight):
-    traces.append(None)  # runs once per trace
     grads = nnx.grad(loss_fn)(model, *batch, weight)
     optimizer.update(model, grads)
 
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   for batch, weight in zip(batches, weights, strict=True):
     train_step(model, optimizer, batch, weight)
-  return nnx.state(model, nnx.Param), nnx.as_pure(optimizer.opt_state), traces
+  return nnx.state(model, nnx.Param), nnx.as_pure(optimizer.opt_state)
 
 
 def _plain_run(model, tx, loss_fn, batches, weights):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   opt_state = tx.init(params)
-  traces = []
 
   @jax.jit
+  @chex.assert_max_traces(n=1)
   def train_step(params, opt_state, batch, weight):
-    traces.append(None)
-
     def loss(params):
       return loss_fn(nnx.merge(graphdef, params, rest), *batch, weight)
 
@@ -508,7 +508,7 @@ def _plain_run(model, tx, loss_fn, batches, weights):
 
   for batch, weight in zip(batches, weights, strict=True):
     params, opt_state = train_step(params, opt_state, batch, weight)
-  return params, opt_state, traces
+  return params, opt_state
 
 
 @pytest.mark.parametrize(("model_name", "opts"), CASES)
@@ -521,13 +521,10 @@ def test_nnx_optimizer_matches_plain_loop(model_name, opts):
   _assert_trees_close(nnx.state(twin, nnx.Param), initial, tol=0)
   tx = adam_jax.adam(1e-2, **opts)
 
-  params, opt_state, traces = _nnx_optimizer_run(model, tx, loss_fn, batches, weights)
-  plain_params, plain_state, plain_traces = _plain_run(
-    twin, tx, loss_fn, batches, weights
-  )
+  # One trace for all the steps in each (chex.assert_max_traces raises).
+  params, opt_state = _nnx_optimizer_run(model, tx, loss_fn, batches, weights)
+  plain_params, plain_state = _plain_run(twin, tx, loss_fn, batches, weights)
   plain_state = nnx.as_pure(plain_state)  # a parameter average holds nnx.Params
-  # One trace for all the steps: the state keeps its structure and dtypes.
-  assert len(traces) == 1 and len(plain_traces) == 1, (traces, plain_traces)
   _assert_trees_close(params, plain_params, tol=1e-6)
   _assert_trees_close(opt_state, plain_state, tol=1e-6)
 

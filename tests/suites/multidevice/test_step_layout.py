@@ -9,7 +9,6 @@ block spread over shards costs a reduction of its scale, not a gather of
 the moment.
 """
 
-import contextlib
 import re
 
 import jax
@@ -22,6 +21,7 @@ import optax
 import pytest
 
 import adam_jax
+from tests._jit import compiles
 
 # name: (shape, layout). (64, 128): a block is 2 rows, split over "model";
 # (64, 96): a block is 2 rows of 96 values (not 256 consecutive values);
@@ -43,24 +43,6 @@ FORMATS = {
   "int8": {"mu_dtype": "int8", "nu_dtype": "int8"},
   "bf16": {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16},
 }
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def _compiles():
-  """Counts XLA compilations (jax.monitoring's backend-compile events)."""
-  seen: list[str] = []
-
-  def listen(event, duration, **kwargs):
-    del duration, kwargs
-    if event == COMPILE_EVENT:
-      seen.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    yield seen
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def _per_device_bytes(tree):
@@ -109,7 +91,7 @@ def test_steps_keep_the_layout_init_gave(fmt, partition):
   ]
   grads = [jax.tree.map(lambda x, k=k: x * (0.01 * (k + 1)), params) for k in range(3)]
   p, s = step(params, state, grads[0])
-  with _compiles() as compiled:  # steps 2 and 3 reuse step 1's executable
+  with compiles() as compiled:  # steps 2 and 3 reuse step 1's executable
     for g in grads[1:]:
       p, s = step(p, s, g)
   assert not compiled, compiled

@@ -1,13 +1,19 @@
-"""skip_nonfinite: a step with a NaN or infinite gradient is skipped, losslessly.
+"""``adam_jax._src.transform``: ``scale_by_adam``'s step as a JAX computation.
 
-On a bad step the update is exactly zero and the whole optimizer state is
-bitwise what it was, except ``skipped``, which counts such steps. The good
-steps are compared with the same optimizer *without* the guard run on the
-sequence with the bad steps removed: equal to float32 rounding (the select
-changes how XLA fuses the step, which may move a multiply-add by an ulp).
+1. ``skip_nonfinite``: a step with a NaN or infinite gradient is skipped,
+   losslessly.
+
+   On a bad step the update is exactly zero and the whole optimizer state is
+   bitwise what it was, except ``skipped``, which counts such steps. The good
+   steps are compared with the same optimizer *without* the guard run on the
+   sequence with the bad steps removed: equal to float32 rounding (the select
+   changes how XLA fuses the step, which may move a multiply-add by an ulp).
+2. ``jax.vmap`` of an update over a batch of independent optimizer states
+   equals the per-example updates, stacked.
+
+``jax.export`` of the update is tested in ``test_serialization.py``, the
+guard on sharded parameters in ``tests/suites/multidevice``.
 """
-
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +22,6 @@ import optax
 import pytest
 
 import adam_jax
-from tests._procs import run_python
 from tests._trees import assert_trees_equal
 from tests._trees import max_relative_difference
 from tests.conftest import optax_mode
@@ -248,40 +253,47 @@ def test_state_is_stable_under_lax_cond_and_scan():
   assert int(state[0].skipped) == len(bad)
 
 
-SHARDED = textwrap.dedent(
-  """
-  import jax, jax.numpy as jnp, numpy as np, optax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  import adam_jax
+# jax.vmap over independent states ------------------------------------------
 
-  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
-  spec = {"w": P("data", "model"), "b": P("model")}
-  shard = lambda tree: jax.tree.map(
-    lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, spec)
-  params = shard({"w": jnp.ones((8, 4)), "b": jnp.ones(4)})
-  tx = adam_jax.adamw(0.1, skip_nonfinite=True, mu_dtype=jnp.bfloat16)
-  state = jax.jit(tx.init)(params)
-  step = jax.jit(tx.update, donate_argnums=1)
-  hlo = step.lower(params, state, params).compile().as_text()
-  assert "all-gather" not in hlo, "the guard gathered a sharded array"
-  good = shard({"w": jnp.ones((8, 4)), "b": jnp.ones(4)})
-  bad = shard({"w": jnp.ones((8, 4)).at[7, 3].set(jnp.nan), "b": jnp.ones(4)})
-  u, state = step(good, state, params)
-  mu = jax.tree.map(lambda x: np.asarray(x), state[0].mu)
-  u, state = step(bad, state, params)
-  assert int(state[0].skipped) == 1 and int(state[0].count) == 1
-  assert all(np.array_equal(a, np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(mu), jax.tree.leaves(state[0].mu)))
-  assert float(jnp.max(jnp.abs(u["w"]))) == 0.0
-  for leaf, p in zip(jax.tree.leaves(state[0].mu), jax.tree.leaves(params)):
-    assert leaf.sharding.is_equivalent_to(p.sharding, p.ndim), (leaf.sharding, p.sharding)
-  assert u["w"].sharding.is_equivalent_to(params["w"].sharding, 2)
-  print("ok")
-  """
-)
+BATCH = 64
+VMAP_TXS = {
+  "adam": lambda: adam_jax.adam(1e-2),
+  "bf16": lambda: adam_jax.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+  "int8": lambda: adam_jax.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
+  "nadamw-skip": lambda: adam_jax.nadamw(1e-2, weight_decay=0.1, skip_nonfinite=True),
+}
 
 
-def test_guard_on_sharded_parameters_without_gathers():
-  result = run_python("-c", SHARDED, devices=8)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().endswith("ok")
+@pytest.mark.parametrize("name", sorted(VMAP_TXS))
+def test_vmap_over_independent_states_equals_each_step(name):
+  tx = VMAP_TXS[name]()
+  key_p, key_g = jax.random.split(jax.random.key(3))
+  params = {"w": jax.random.normal(key_p, (BATCH, 4096))}
+  grads = {
+    "w": jax.random.normal(key_g, (BATCH, 4096)) * jnp.logspace(-3, 1, BATCH)[:, None]
+  }
+  if name.endswith("skip"):  # one example's gradient is not finite: skipped alone
+    grads["w"] = grads["w"].at[5, 7].set(jnp.inf)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  def one(i):
+    return jax.tree.map(lambda x: x[i], params), jax.tree.map(lambda x: x[i], grads)
+
+  states = jax.vmap(tx.init)(params)
+  batched = jax.jit(jax.vmap(step))
+  single = jax.jit(step)
+  p_b, s_b = params, states
+  p_1 = [one(i)[0] for i in range(BATCH)]
+  s_1 = [tx.init(p) for p in p_1]
+  for _ in range(3):
+    p_b, s_b = batched(p_b, s_b, grads)
+    for i in range(BATCH):
+      p_1[i], s_1[i] = single(p_1[i], s_1[i], one(i)[1])
+  assert_trees_equal(p_b, jax.tree.map(lambda *xs: jnp.stack(xs), *p_1))
+  assert_trees_equal(s_b, jax.tree.map(lambda *xs: jnp.stack(xs), *s_1))
+  if name.endswith("skip"):
+    skipped = s_b[0].skipped
+    assert int(skipped[5]) == 3 and int(jnp.sum(skipped)) == 3

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+from tests._procs import REPO
+
+NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # Each notebook must run in under 3 minutes on 2 CPU cores; the per-cell limit
 # only stops a hung kernel from hanging CI.
@@ -39,6 +41,7 @@ def test_committed_without_outputs(path):
     assert cell.execution_count is None, f"{path.name}: cell {index} was run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path, monkeypatch, tmp_path):
   nbformat = pytest.importorskip("nbformat")

@@ -10,7 +10,6 @@ from importlib import metadata
 from pathlib import Path
 import re
 import sys
-
 import tomllib
 
 PACKAGES = ("jax", "jaxlib", "optax", "numpy", "flax", "orbax-checkpoint")

@@ -110,9 +110,10 @@ def many_leaves(n: int = 100):
 
 
 def gradient_steps(params, steps: int, seed: int = 7):
-  """:func:`gradient_sequence` as a list of ``steps`` gradient trees."""
-  stacked = gradient_sequence(params, steps, seed)
-  return [jax.tree.map(lambda g, t=t: g[t], stacked) for t in range(steps)]
+  """:func:`gradient_sequence` as a list of ``steps`` gradient trees (sliced
+  in NumPy: no device op per leaf and step)."""
+  stacked = jax.tree.map(np.asarray, gradient_sequence(params, steps, seed))
+  return [jax.tree.map(lambda g, t=t: jnp.asarray(g[t]), stacked) for t in range(steps)]
 
 
 def jitted_step(tx, max_traces: int | None = None):

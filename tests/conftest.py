@@ -8,11 +8,51 @@ with int32), so reference computations with optax run inside ``optax_mode()``.
 
 import contextlib
 import os
+import shutil
+import tempfile
+
+# Under pytest-xdist the workers already share out the cores: each keeps XLA
+# to one thread, so that their thread pools do not compete for the same cores.
+# XLA reads the flags when the backend starts, at the first computation,
+# after this runs.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ["XLA_FLAGS"] = " ".join(
+    [
+      os.environ.get("XLA_FLAGS", ""),
+      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    ]
+  ).strip()
 
 import chex
 from hypothesis import settings
 import jax
 import pytest
+
+# pytest-xdist workers share one persistent compilation cache, a temporary
+# directory that the controller makes (workers inherit its environment) and
+# removes at the end: what one worker compiled, the other reads back.
+# tests/_jit.py counts a read back as a compilation too.
+JIT_CACHE = "ADAM_JAX_TEST_JIT_CACHE"
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(JIT_CACHE):
+  jax.config.update("jax_compilation_cache_dir", os.environ[JIT_CACHE])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_configure(config):
+  if not os.environ.get("PYTEST_XDIST_WORKER") and getattr(
+    config.option, "numprocesses", None
+  ):
+    config._jit_cache = tempfile.mkdtemp(prefix="adam_jax_jit_")
+    os.environ[JIT_CACHE] = config._jit_cache
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "_jit_cache", None)
+  if path:
+    os.environ.pop(JIT_CACHE, None)
+    shutil.rmtree(path, ignore_errors=True)
+
 
 # Property tests explore new examples on every run unless told otherwise; CI
 # must be reproducible, so the default profile is derandomized (a fixed seed

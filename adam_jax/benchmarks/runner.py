@@ -58,7 +58,7 @@ def _header(
   config: Any = jax.config  # the option attributes are not in its type stubs
   return {
     "benchmark": "adam_jax.benchmarks",
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "platform": device.platform,
     "device_kind": device.device_kind,
     "device_count": jax.device_count(),

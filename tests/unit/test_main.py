@@ -6,6 +6,10 @@ import subprocess
 import numpy as np
 import pytest
 
+# The demo plots with matplotlib (the examples extra); the unit-tier
+# environment at the minimum versions has no plotting and skips this module.
+pytest.importorskip("matplotlib", reason="python -m adam_jax needs the examples extra")
+
 from adam_jax import __main__ as demo
 from tests._procs import run_python
 

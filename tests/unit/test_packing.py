@@ -24,9 +24,10 @@ from tests.conftest import optax_mode
 STEPS = 4
 
 
-def many_leaf_tree(seed: int, kinds=("f32", "bf16", "f16", "c64")):
-  """A nested tree with 24 small leaves per kind (72 or more in all: packed),
-  None and 0-d leaves, and two large leaves (own moment arrays)."""
+def many_leaf_tree(seed: int, kinds=("f32", "bf16", "f16", "c64"), layers=8, big=None):
+  """A nested tree with 3 small leaves per layer and kind (8 layers: 24 per
+  kind, 72 or more in all: packed), None and 0-d leaves, and two large leaves
+  (``big``'s shapes; by default above ``PACK_BELOW``: own moment arrays)."""
   rng = np.random.RandomState(seed)
   dtypes = {
     "f32": jnp.float32,
@@ -43,16 +44,29 @@ def many_leaf_tree(seed: int, kinds=("f32", "bf16", "f16", "c64")):
 
   tree = {}
   for kind in kinds:
-    layers = []
-    for i in range(8):
+    stack = []
+    for i in range(layers):
       shape = [(3, 5), (7,), (), (2, 2, 2)][i % 4]
-      layers.append(
+      stack.append(
         {"w": leaf(shape, kind), "b": leaf((4,), kind), "skip": None}
         | ({"norm": [leaf((3,), kind), leaf((1,), kind)]} if i % 2 else {})
       )
-    tree[kind] = layers
-  tree["big"] = {"kernel": leaf((300, 256), "f32"), "emb": leaf((70000,), "f32")}
+    tree[kind] = stack
+  kernel, emb = big or ((300, 256), (70000,))
+  tree["big"] = {"kernel": leaf(kernel, "f32"), "emb": leaf(emb, "f32")}
   return tree
+
+
+@pytest.fixture
+def small_thresholds(monkeypatch):
+  """The packing thresholds scaled down (pack from 8 small leaves, 4 leaves
+  a chunk, below 512 elements), so that a 2-layer tree exercises what a
+  large one does (several chunks per dtype, None and 0-d leaves, own arrays)
+  at a fraction of the compile time."""
+  monkeypatch.setattr(packing, "PACK_MIN_LEAVES", 8)
+  monkeypatch.setattr(packing, "CHUNK_LEAVES", 4)
+  monkeypatch.setattr(packing, "PACK_BELOW", 512)
+  return {"layers": 2, "big": ((30, 20), (700,))}
 
 
 def gradients(params, step):
@@ -121,25 +135,25 @@ REAL = ("f32", "bf16", "f16")
 # (id, factory(pack) -> transformation, tree kinds, needs params, steps with NaN)
 CASES = [
   ("adam", lambda k: adam_jax.adam(0.05, **k), MIXED),
-  ("adam-nesterov", lambda k: adam_jax.adam(0.05, nesterov=True, **k), MIXED),
-  ("adam-amsgrad", lambda k: adam_jax.adam(0.05, amsgrad=True, **k), MIXED),
-  ("adam-eps_hat", lambda k: adam_jax.adam(0.05, eps_hat=True, eps=1e-3, **k), MIXED),
   (
-    "adam-no-bias-correction-maximize",
-    lambda k: adam_jax.adam(0.05, bias_correction=False, maximize=True, **k),
+    "adam-nesterov-amsgrad",
+    lambda k: adam_jax.adam(0.05, nesterov=True, amsgrad=True, **k),
+    MIXED,
+  ),
+  (
+    "adam-eps_hat-no-bias-correction-maximize",
+    lambda k: adam_jax.adam(
+      0.05, eps_hat=True, eps=1e-3, bias_correction=False, maximize=True, **k
+    ),
     MIXED,
   ),
   ("adam-eps_root", lambda k: adam_jax.adam(0.05, eps_root=1e-6, eps=0.0, **k), MIXED),
   (
-    "adam-coupled-decay-mask-fn",
-    lambda k: adam_jax.adam(0.05, weight_decay=0.1, mask=_decay_mask, **k),
-    MIXED,
-  ),
-  (
-    "adam-coupled-decay-schedule",
+    "adam-coupled-decay-schedule-mask-fn",
     lambda k: adam_jax.adam(
       optax.linear_schedule(0.1, 0.01, 5),
       weight_decay=optax.linear_schedule(0.2, 0.0, 5),
+      mask=_decay_mask,
       **k,
     ),
     MIXED,
@@ -165,33 +179,24 @@ CASES = [
     MIXED,
   ),
   (
-    "adamw-mask-decouple_lr",
+    "adamw-amsgrad-mask-decouple_lr",
     lambda k: adam_jax.adamw(
-      0.05, weight_decay=0.1, mask=_decay_mask, decouple_lr=True, **k
+      0.05, weight_decay=0.1, mask=_decay_mask, decouple_lr=True, amsgrad=True, **k
     ),
     MIXED,
   ),
-  ("adamw", lambda k: adam_jax.adamw(0.05, amsgrad=True, **k), MIXED),
-  ("nadam", lambda k: adam_jax.nadam(0.05, **k), MIXED),
   ("nadamw", lambda k: adam_jax.nadamw(0.05, weight_decay=0.3, **k), MIXED),
   ("amsgrad", lambda k: adam_jax.amsgrad(0.05, bias_correction_mu=False, **k), MIXED),
   ("adamax", lambda k: adam_jax.adamax(0.05, weight_decay=0.1, **k), REAL),
   ("scale_by_adam", lambda k: adam_jax.scale_by_adam(weight_decay=0.01, **k), MIXED),
   (
-    "inject_hyperparams",
-    lambda k: optax.inject_hyperparams(
-      lambda learning_rate, b1, b2, eps: adam_jax.adam(learning_rate, b1, b2, eps, **k)
-    )(learning_rate=0.05, b1=0.8, b2=0.99, eps=1e-6),
-    REAL,  # optax makes the hyperparameters complex for complex params
-  ),
-  (
     "inject_hyperparams-adamw",
     lambda k: optax.inject_hyperparams(
-      lambda learning_rate, weight_decay: adam_jax.adamw(
-        learning_rate, weight_decay=weight_decay, **k
+      lambda learning_rate, b1, b2, eps, weight_decay: adam_jax.adamw(
+        learning_rate, b1, b2, eps, weight_decay=weight_decay, **k
       )
-    )(learning_rate=0.05, weight_decay=0.1),
-    REAL,
+    )(learning_rate=0.05, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1),
+    REAL,  # optax makes the hyperparameters complex for complex params
   ),
   (
     "MultiSteps",
@@ -204,6 +209,7 @@ CASES = [
     MIXED,
   ),
 ]
+CASES_BY_NAME = {name: factory for name, factory, _ in CASES}
 
 
 def _repack(packed_like, state):
@@ -218,8 +224,10 @@ def _repack(packed_like, state):
       for x, slot in zip(leaves, node.layout.slots, strict=True)
       if x is not None and slot is None
     ]
-    chunks = [
-      jnp.concatenate([jnp.ravel(leaves[i]) for i, _ in node.layout.members(c)])
+    chunks = [  # concatenated in NumPy: no compilation per chunk's shapes
+      jnp.asarray(
+        np.concatenate([np.ravel(leaves[i]) for i, _ in node.layout.members(c)])
+      )
       for c in range(len(node.chunks))
     ]
     return adam_jax.PackedMoments(node.layout, tuple(own), tuple(chunks))
@@ -262,18 +270,32 @@ def _unpacked(state):
 
 
 @pytest.mark.parametrize("name,factory,kinds", CASES, ids=[c[0] for c in CASES])
-def test_packed_equals_per_leaf(name, factory, kinds):
-  params = many_leaf_tree(0, kinds)
+def test_packed_equals_per_leaf(name, factory, kinds, small_thresholds):
+  params = many_leaf_tree(0, kinds, **small_thresholds)
+  _check_packed_equals_per_leaf(name, factory, params)
+
+
+def test_packed_equals_per_leaf_at_the_default_thresholds():
+  _check_packed_equals_per_leaf(
+    "adamw",
+    CASES_BY_NAME["adamw-amsgrad-mask-decouple_lr"],
+    many_leaf_tree(0, MIXED),
+  )
+
+
+def _check_packed_equals_per_leaf(name, factory, params):
   with optax_mode():
     bad = 2 if "skip" in name or "if_finite" in name else None
     packed_like = _compare_steps(
       name, factory({}), factory({"pack_small_leaves": False}), params, bad
     )
-  # The fast path really ran: some moment is packed.
-  assert any(
-    packing.is_packed(x)
+  # The fast path really ran: some moment is packed, in more than one chunk.
+  packed = [
+    x
     for x in jax.tree.leaves(packed_like, is_leaf=packing.is_packed)
-  )
+    if packing.is_packed(x)
+  ]
+  assert packed and len(packed[0].chunks) > 1
 
 
 def test_layout_rules():

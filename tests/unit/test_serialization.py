@@ -5,8 +5,8 @@ A jitted ``update`` taking and returning the state (not flat lists of its
 leaves) is exported, serialized, deserialized and called: it computes the
 same updates and states, bit for bit, as the jitted update itself, and the
 state keeps its structure (8-bit moments, packed moments, adam_jax's and
-optax's NamedTuple states). Every alias with every storage is exported this
-way: each step is plain StableHLO (no custom call).
+optax's NamedTuple states). Every alias, and bf16 and 8-bit storage, are
+exported this way: each step is plain StableHLO (no custom call).
 """
 
 import collections
@@ -107,11 +107,12 @@ def _check_storage(want):
   return check
 
 
-# Every alias with every storage it takes (amsgrad and adamax take no
-# nu_dtype: float32 storage only); packed moments are the int8-packed case.
+# Every alias with float32 storage, and bf16 and int8 storage (one code path
+# for every alias) with adam and nadamw; packed moments are the int8-packed
+# case.
 for _name in ALIASES:
   for _storage, (_kwargs, _want) in STORAGE.items():
-    if _storage == "float32" or _name not in ("amsgrad", "adamax"):
+    if _storage == "float32" or _name in ("adam", "nadamw"):
       CASES[f"{_name}-{_storage}"] = (
         lambda name=_name, kwargs=_kwargs: getattr(adam_jax, name)(1e-2, **kwargs),
         _one_small_and_one_large,

@@ -2,6 +2,7 @@
 are checked, and its shardings fit jit(init) (packed state included). The
 layouts on 8 devices are tested in tests/suites/multidevice."""
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -79,7 +80,8 @@ def test_bad_arguments_are_named(params, kwargs, match):
 def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt):
   """The one-device packed layout, with AMSGrad, skipped non-finite steps and
   injected hyperparameters: saved, restored into ``jax.eval_shape(init)``'s
-  structure (with ``state_shardings``), and resumed bit for bit."""
+  structure (with ``state_shardings``), and resumed bit for bit by the same
+  compiled step."""
   ocp = pytest.importorskip("orbax.checkpoint")
   np = pytest.importorskip("numpy")
   d = None if fmt == "float32" else "int8"
@@ -93,15 +95,22 @@ def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt)
     skip_nonfinite=True,
     **({"int8_min_size": 256} if d else {}),
   )
-  params = {f"b{i:02d}": jnp.full((300,), 0.01 * i) for i in range(70)}
+  # Parameters on the mesh the restore target names, so the restored state's
+  # steps reuse the compiled step.
+  rep = NamedSharding(_mesh(), P())
+  params = {
+    f"b{i:02d}": jax.device_put(jnp.full((300,), 0.01 * i, jnp.float32), rep)
+    for i in range(70)
+  }
   rng = np.random.default_rng(0)
   grads = [
     jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     for _ in range(4)
   ]
-  step = jax.jit(lambda p, s, g: _apply(tx, p, s, g))
+  step = jax.jit(chex.assert_max_traces(lambda p, s, g: _apply(tx, p, s, g), 1))
   with optax_mode():
-    p, s = params, tx.init(params)
+    shardings = adam_jax.state_shardings(tx, params, rep)
+    p, s = params, jax.jit(tx.init, out_shardings=shardings)(params)
     assert type(s.inner_state[0].mu).__name__ == "PackedMoments"
     for g in grads[:2]:
       p, s = step(p, s, g)
@@ -110,7 +119,7 @@ def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt)
     target = jax.tree.map(
       lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
       jax.eval_shape(tx.init, params),
-      adam_jax.state_shardings(tx, params, NamedSharding(_mesh(), P())),
+      shardings,
     )
     with ocp.StandardCheckpointer() as ckpt:
       restored = ckpt.restore(tmp_path / "ckpt", target)

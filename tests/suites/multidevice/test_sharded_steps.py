@@ -57,7 +57,8 @@ def _packing_params():
   mesh = Mesh(np.array(jax.devices()).reshape(8), ("d",))
   shard, rep = NamedSharding(mesh, P("d")), NamedSharding(mesh, P())
   params = {
-    f"b{i:02d}": jax.device_put(jnp.full((16,), 0.1 * i), rep) for i in range(70)
+    f"b{i:02d}": jax.device_put(jnp.full((16,), 0.1 * i, jnp.float32), rep)
+    for i in range(70)
   }
   params["small_sharded"] = jax.device_put(jnp.arange(64.0), shard)
   params["big"] = jax.device_put(jnp.ones((1024, 128)), shard)

@@ -2,6 +2,10 @@
 read from the ``>=`` floors in pyproject.toml (dependencies and the ``unit``
 extra), one per line, for ``pip install``.
 
+With ``--unit``, the ``unit`` extra's other requirements follow, as declared,
+so that everything the unit tier needs installs without adam_jax itself
+(CI installs it afterwards with ``--no-deps``).
+
 With ``--check``, compares the installed versions with those floors instead
 and exits 1 naming any that differ.
 """
@@ -15,10 +19,17 @@ import tomllib
 PACKAGES = ("jax", "jaxlib", "optax", "numpy", "flax", "orbax-checkpoint")
 
 
+def _project() -> dict:
+  path = Path(__file__).resolve().parent.parent / "pyproject.toml"
+  return tomllib.loads(path.read_text())["project"]
+
+
+def _name(requirement: str) -> str:
+  return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+
+
 def floors() -> dict[str, str]:
-  project = tomllib.loads(
-    (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-  )["project"]
+  project = _project()
   requirements = project["dependencies"] + project["optional-dependencies"]["unit"]
   found = {}
   for requirement in requirements:
@@ -54,6 +65,10 @@ def main() -> None:
     return
   for name, floor in pins.items():
     print(f"{name}=={floor}")
+  if sys.argv[1:] == ["--unit"]:
+    for requirement in _project()["optional-dependencies"]["unit"]:
+      if _name(requirement) not in pins:
+        print(requirement)
 
 
 if __name__ == "__main__":

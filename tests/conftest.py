@@ -54,6 +54,13 @@ def pytest_unconfigure(config):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items):
+  """Slow tests first (a stable sort keeps the rest in file order): pytest-xdist
+  hands tests out in this order, so the minute-long notebooks and subprocesses
+  start while there is other work to balance them, not at the end."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # Property tests explore new examples on every run unless told otherwise; CI
 # must be reproducible, so the default profile is derandomized (a fixed seed
 # per test). `pytest --hypothesis-profile=explore` searches afresh.

@@ -66,7 +66,7 @@ def _run_updates(tx, grads):
   return np.stack(out), state
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
   variant=st.sampled_from(sorted(VARIANTS)),
   b1=st.floats(0.0, 0.99),
@@ -89,7 +89,7 @@ def test_the_step_size_bound_is_attained_and_never_exceeded(variant, b1, b2, t, 
     assert abs(u[-1, 0]) >= LR * bounds[-1] * (1 - 1e-4), (u[-1, 0] / LR, bounds[-1])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
   variant=st.sampled_from([*sorted(VARIANTS), "adamax"]),
   b1=st.floats(0.0, 0.99),
@@ -131,7 +131,7 @@ def test_the_papers_informal_bound_can_be_exceeded():
   assert abs(bound(20000, b1, b2) - 7.27) < 0.01
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
   seed=st.integers(0, 2**16),
   power=st.integers(-40, 40),  # (g 2^p)^2 (1 - b2) stays a normal float32
@@ -161,7 +161,7 @@ EXTREMES = {
 }
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
   dtype=st.sampled_from(sorted(EXTREMES)),
   storage=st.sampled_from([None, "float32", "bfloat16", "float16"]),

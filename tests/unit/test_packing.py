@@ -169,13 +169,10 @@ CASES = [
     REAL,
   ),
   (
-    "adam-skip_nonfinite",
-    lambda k: adam_jax.adam(0.05, skip_nonfinite=True, **k),
-    MIXED,
-  ),
-  (
-    "adam-average",
-    lambda k: adam_jax.adam(0.05, average_decay=0.9, average_mode="keras", **k),
+    "adam-skip_nonfinite-average",
+    lambda k: adam_jax.adam(
+      0.05, skip_nonfinite=True, average_decay=0.9, average_mode="keras", **k
+    ),
     MIXED,
   ),
   (

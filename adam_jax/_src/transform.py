@@ -230,9 +230,21 @@ def _described_state(state: Any) -> str:
 
 
 def all_finite(leaves: list[Any]) -> jax.Array:
-  """True when no element of any leaf is NaN or infinite (a traced bool)."""
+  """True when no element of any leaf is NaN or infinite (a traced bool).
+
+  Each leaf is reduced on its own (a scalar per leaf, so a sharded leaf needs
+  no gather), and the per-leaf flags are combined by one argmin over their
+  vector: the first False, if any. Combined with ``and`` (or ``all``, which
+  XLA's simplifier turns back into a chain of ``and``), the chain is cheap
+  enough for XLA to copy into every fusion that reads the flag, one per state
+  leaf, and compile time grows with the square of the number of leaves; an
+  argmin stays one reduction that each of them reads.
+  """
   flags = [jnp.all(jnp.isfinite(g)) for g in leaves if g is not None]
-  return functools.reduce(jnp.logical_and, flags, jnp.asarray(True))
+  if not flags:
+    return jnp.asarray(True)
+  stacked = jnp.stack(flags)
+  return stacked[jnp.argmin(stacked)]
 
 
 def _coupled_decay(cfg: Config, state, params, treedef, n: int):

@@ -2,7 +2,6 @@
 are checked, and its shardings fit jit(init) (packed state included). The
 layouts on 8 devices are tested in tests/suites/multidevice."""
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -12,6 +11,7 @@ import pytest
 
 import adam_jax
 from tests._trees import assert_trees_equal
+from tests._trees import jitted_step
 from tests.conftest import optax_mode
 
 
@@ -107,7 +107,7 @@ def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt)
     jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     for _ in range(4)
   ]
-  step = jax.jit(chex.assert_max_traces(lambda p, s, g: _apply(tx, p, s, g), 1))
+  step = jitted_step(tx, max_traces=1)
   with optax_mode():
     shardings = adam_jax.state_shardings(tx, params, rep)
     p, s = params, jax.jit(tx.init, out_shardings=shardings)(params)
@@ -129,8 +129,3 @@ def test_orbax_round_trip_of_packed_state_resumes_bit_identically(tmp_path, fmt)
       p, s = step(p, s, g)
       q, r = step(q, r, g)
   assert_trees_equal((q, r), (p, s))
-
-
-def _apply(tx, p, s, g):
-  u, s = tx.update(g, s, p)
-  return optax.apply_updates(p, u), s

@@ -19,6 +19,7 @@ from adam_jax._src.storage import int8
 from tests._jit import compiles
 from tests._trees import assert_trees_equal
 from tests._trees import jitted_step
+from tests._trees import run_steps
 from tests.conftest import optax_mode
 
 BLOCK = 256
@@ -238,17 +239,9 @@ def test_state_bytes_per_parameter(pack):
   assert per_param["int8"] <= 2.1, per_param
 
 
-def _train(tx, params, grads, steps, jit=True):
-  state = tx.init(params)
-
-  def step(params, state, g):
-    u, state = tx.update(g, state, params)
-    return optax.apply_updates(params, u), state
-
-  step = jax.jit(step) if jit else step
-  for k in range(steps):
-    params, state = step(params, state, grads(k))
-  return params, state
+def _train(tx, params, grads, steps):
+  gradients = [grads(k) for k in range(steps)]
+  return run_steps(jitted_step(tx), params, tx.init(params), gradients)
 
 
 def _grads_for(params, seed=3):

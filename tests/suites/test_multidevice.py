@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 def test_multidevice_suite_passes_on_8_devices():
   out = run_python(
+    # One process (-n 0): the outer run's workers already use every core.
     *("-m", "pytest", "tests/suites/multidevice", "-q", "-p", "no:cacheprovider"),
+    *("-n", "0"),
     devices=8,
     cwd=REPO,
     timeout=1200,

@@ -289,7 +289,7 @@ def adam(
   ``Adam``'s *coupled* L2 (:math:`g_t + \lambda\theta_{t-1}` enters the
   moments); for decoupled decay use :func:`adamw`. Together they reproduce
   ``torch.optim.Adam`` (``eps_hat=False``) and ``keras.optimizers.Adam``
-  (``eps=1e-7, eps_hat=True``); the README maps every argument.
+  (``eps=1e-7, eps_hat=True``); the reproducing guide maps every argument.
 
   Args:
     learning_rate: step size :math:`\alpha` (>= 0) or a schedule of the step
@@ -331,7 +331,7 @@ def adam(
     pack_small_leaves: store the moments of small leaves (fewer than 2**16
       elements, when the tree has at least 64 of them) packed in flat chunks
       and update each chunk in one pass: the same numbers, with a much faster
-      step and compile on trees of many leaves (README, "Performance").
+      step and compile on trees of many leaves (the performance guide).
       ``state[0].mu`` is then a :class:`PackedMoments` (``.unpack()`` gives
       the tree). False keeps one array per leaf, as optax does: the layout
       optax can continue from. ``update`` steps a state in either layout

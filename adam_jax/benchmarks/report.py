@@ -220,7 +220,7 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
     " gradient is produced in the step, as in training, not an input it must keep.",
     "temp MiB: the compiled step's temporary buffer, which XLA:CPU allocates on"
     " every call; glibc maps one over 32 MiB fresh from the OS each time (its pages"
-    " zeroed on first write), unless told to keep freed memory (README).",
+    " zeroed on first write), unless told to keep freed memory (docs: low-memory guide).",
   ]
 
 

@@ -74,7 +74,7 @@ def _header(
     ),
     "xla_flags": os.environ.get("XLA_FLAGS"),
     # glibc's malloc settings decide whether XLA's per-step buffers are fresh
-    # pages (see the README's low-memory section).
+    # pages (see the low-memory guide, docs/guides/low_memory.md).
     "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     "learning_rate": steps_lib.LEARNING_RATE,
     "bytes_per_param": steps_lib.BYTES_PER_PARAM,

@@ -7,8 +7,8 @@ the parameters and BatchNorm statistics must match the twin's to 1e-5, the
 BatchNorm statistics must stay out of the optimizer state, and a weight-decay
 mask must skip biases and norm parameters.
 
-The README's NNX recipe is executed verbatim (its code block is read from
-README.md) on a network of 80 small leaves, whose moments adam_jax packs into
+The getting-started page's NNX recipe is executed verbatim (its code cell is
+read from docs/getting_started.md) on a network of 80 small leaves, whose moments adam_jax packs into
 ``PackedMoments``, with float32 and with 8-bit (``QuantizedMoment``) moments:
 the loss must fall and every parameter move. Then options meet a plain
 ``tx.init``/``tx.update``/``optax.apply_updates`` loop over ``nnx.split``
@@ -287,15 +287,16 @@ def test_linen_train_state_matches_optax_twin(digits, ours, twin):
   assert jax.tree.structure(adam_state.mu) == jax.tree.structure(state.params)
 
 
-# ----------------------------------------------- the README recipe, verbatim
+# --------------------------------- the getting-started NNX recipe, verbatim
 
-README = REPO / "README.md"
+GETTING_STARTED = REPO / "docs" / "getting_started.md"
 INT8 = {"mu_dtype": "int8", "nu_dtype": "int8", "int8_min_size": 256}
 
 
-def _readme_nnx_recipe() -> str:
-  """The README's python code block that builds an ``nnx.Optimizer``."""
-  blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+def _nnx_recipe() -> str:
+  """The getting-started page's code cell that builds an ``nnx.Optimizer``."""
+  text = GETTING_STARTED.read_text(encoding="utf-8")
+  blocks = re.findall(r"```\{code-cell\} ipython3\n(.*?)```", text, flags=re.DOTALL)
   recipes = [block for block in blocks if "nnx.Optimizer(" in block]
   assert len(recipes) == 1, recipes
   return recipes[0]
@@ -331,9 +332,9 @@ def _leaves_of(tree, kind):
   ["", ', mu_dtype="int8", nu_dtype="int8", int8_min_size=256'],
   ids=["float32-moments", "int8-moments"],
 )
-def test_readme_nnx_recipe_runs_verbatim(options):
+def test_nnx_recipe_runs_verbatim(options):
   """The recipe as written, and with ``options`` added to its ``adamw`` call."""
-  recipe = _readme_nnx_recipe()
+  recipe = _nnx_recipe()
   if options:
     call = re.search(r"adam_jax\.adamw\([^()]*\)", recipe)
     assert call is not None, recipe
@@ -349,8 +350,10 @@ def test_readme_nnx_recipe_runs_verbatim(options):
   y = jnp.asarray(rng.normal(size=(32, 16)).astype(np.float32))
   model = DeepMlp(nnx.Rngs(0))
   before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-  namespace = {"model": model, "loss_fn": loss_fn}
-  exec(recipe, namespace)  # the README's own code
+  # What the page's earlier cells define: its imports, a model and a loss.
+  namespace = {"jax": jax, "nnx": nnx, "adam_jax": adam_jax}
+  namespace |= {"model": model, "loss_fn": loss_fn}
+  exec(recipe, namespace)  # the page's own code
   optimizer, train_step = namespace["optimizer"], namespace["train_step"]
 
   adam_state = nnx.as_pure(optimizer.opt_state)[0]

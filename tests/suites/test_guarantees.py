@@ -1,4 +1,4 @@
-"""The properties the README's "Guarantees" section promises, with hypothesis.
+"""The properties the guarantees guide (docs/guides/guarantees.md) promises, with hypothesis.
 
 The step-size bound is computed here independently, in float64, from its
 definition: with m_hat_t = sum_k w_k g_{t-k} and v_hat_t = sum_k c_k g_{t-k}^2

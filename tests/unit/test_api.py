@@ -1,16 +1,18 @@
 """The public API as tools read it: every name in ``adam_jax.__all__`` exists,
-and the annotations of every public function, class and method are the
+has a page in the API reference (``docs/api.md``), and the annotations of every public function, class and method are the
 types themselves, not strings (as optax's are), so tools that read
 ``inspect.signature(f).parameters[...].annotation`` (optax's "accepts a
 schedule" checks, wrappers, docs generators without ``eval_str``) see them.
 """
 
 import inspect
+import re
 
 import optax
 import pytest
 
 import adam_jax
+from tests._procs import REPO
 
 
 def _callables(name):
@@ -32,6 +34,17 @@ def test_all_names_exist_and_are_documented():
   for name in adam_jax.__all__:
     obj = getattr(adam_jax, name)
     assert inspect.getdoc(obj), name
+
+
+def test_every_public_name_has_an_api_page():
+  """The API reference's autosummary tables list exactly ``__all__``: each
+  entry becomes a page, so a name added without one fails here (and the docs
+  build, ``tests/suites/test_docs.py``, checks each page renders)."""
+  api = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+  tables = re.findall(r"\.\. autosummary::\n(?:   :.*\n)*\n((?:   \S+\n)+)", api)
+  listed = [name.strip() for table in tables for name in table.splitlines()]
+  assert sorted(listed) == sorted(adam_jax.__all__)
+  assert len(listed) == len(set(listed)), "a name is listed twice"
 
 
 @pytest.mark.parametrize("qualname,obj", CALLABLES, ids=[q for q, _ in CALLABLES])

@@ -17,7 +17,7 @@ import adam_jax
 from tests._jit import compiles
 from tests.conftest import optax_mode
 
-# Values per 8-bit block (README, "Low-memory state").
+# Values per 8-bit block (docs/guides/low_memory.md).
 BLOCK = 256
 
 

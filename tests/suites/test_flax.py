@@ -8,17 +8,17 @@ BatchNorm statistics must stay out of the optimizer state, and a weight-decay
 mask must skip biases and norm parameters.
 
 The getting-started page's NNX recipe is executed verbatim (its code cell is
-read from docs/getting_started.md) on a network of 80 small leaves, whose moments adam_jax packs into
-``PackedMoments``, with float32 and with 8-bit (``QuantizedMoment``) moments:
+read from docs/getting_started.md) on a network of 80 small leaves, whose
+moments adam_jax packs into ``PackedMoments``, with float32 and with 8-bit (``QuantizedMoment``) moments:
 the loss must fall and every parameter move. Then options meet a plain
 ``tx.init``/``tx.update``/``optax.apply_updates`` loop over ``nnx.split``
 parameters: through ``nnx.Optimizer``, with a jitted step traced once, the
 parameters and optimizer state after 5 steps must match the loop's to 1e-6,
 on that network for every storage and option (float32, bfloat16 and int8
 moments, ``skip_nonfinite`` with a NaN step, AMSGrad with a parameter average,
-Kahan rounding of bfloat16 parameters) and on a small character transformer
-with int8 moments (float32 ones for its smallest leaves); likewise Linen's ``TrainState`` on a Linen
-network of 80 small leaves, with float32 moments and with int8 moments and
+Kahan rounding of bfloat16 parameters), 8-bit moments beside float32 ones
+for the leaves under ``int8_min_size``; likewise Linen's ``TrainState`` on a
+Linen network of 80 small leaves, with float32 moments and with int8 moments and
 ``skip_nonfinite`` together.
 """
 
@@ -374,39 +374,6 @@ def test_nnx_recipe_runs_verbatim(options):
 # ------------------------------- every option: nnx.Optimizer vs a plain loop
 
 
-class Block(nnx.Module):
-  def __init__(self, dim, heads, rngs):
-    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.attention = nnx.MultiHeadAttention(
-      heads, dim, decode=False, keep_rngs=False, rngs=rngs
-    )
-    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.up = nnx.Linear(dim, 4 * dim, rngs=rngs)
-    self.down = nnx.Linear(4 * dim, dim, rngs=rngs)
-
-  def __call__(self, x, mask):
-    x = x + self.attention(self.norm1(x), mask=mask)
-    return x + self.down(nnx.gelu(self.up(self.norm2(x))))
-
-
-class CharTransformer(nnx.Module):
-  """A 2-block causal character model; 38 leaves, from 16 to 1024 elements."""
-
-  def __init__(self, rngs, vocab=32, length=8, dim=16, heads=2):
-    self.embed = nnx.Embed(vocab, dim, rngs=rngs)
-    self.position = nnx.Embed(length, dim, rngs=rngs)
-    self.blocks = nnx.List([Block(dim, heads, rngs) for _ in range(2)])
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
-    self.head = nnx.Linear(dim, vocab, rngs=rngs)
-
-  def __call__(self, tokens):
-    x = self.embed(tokens) + self.position(jnp.arange(tokens.shape[-1]))[None]
-    mask = nnx.make_causal_mask(tokens)
-    for block in self.blocks:
-      x = block(x, mask)
-    return self.head(self.norm(x))
-
-
 MATRIX_STEPS = 5
 NAN_STEP = 2  # with skip_nonfinite, the loss of this step is NaN
 
@@ -415,24 +382,12 @@ def _mlp_loss(model, x, y, weight):
   return weight * _mse(model(x), y)
 
 
-def _transformer_loss(model, tokens, weight):
-  logits = model(tokens[:, :-1])
-  return weight * _cross_entropy(logits, tokens[:, 1:])
-
-
 def _mlp_batches(rng, steps, dtype=np.float32):
   return [
     (
       jnp.asarray(rng.normal(size=(16, 16)).astype(dtype)),
       jnp.asarray(rng.normal(size=(16, 16)).astype(dtype)),
     )
-    for _ in range(steps)
-  ]
-
-
-def _token_batches(rng, steps):
-  return [
-    (jnp.asarray(rng.integers(0, 32, size=(4, 9), dtype=np.int32)),)
     for _ in range(steps)
   ]
 
@@ -451,7 +406,6 @@ MODELS = {
     _mlp_loss,
     functools.partial(_mlp_batches, dtype=jnp.bfloat16),
   ),
-  "transformer": (CharTransformer, _transformer_loss, _token_batches),
 }
 OPTIONS = {
   "float32": {},
@@ -461,18 +415,9 @@ OPTIONS = {
   # Two extra state fields at once: nu_max and the parameter average.
   "amsgrad-average": {"amsgrad": True, "average_decay": 0.99},
 }
-# Every option on the MLP; on the transformer (slower to compile), 8-bit
-# moments: blocks that follow its 3-D attention kernels, and float32 moments
-# for its leaves under int8_min_size (biases, norms).
-TRANSFORMER_OPTIONS = ("int8-moments",)
-CASES = (
-  [pytest.param("mlp", opts, id=f"mlp-{name}") for name, opts in OPTIONS.items()]
-  + [pytest.param("mlp-bf16", {"param_rounding": "kahan"}, id="mlp-bf16-kahan")]
-  + [
-    pytest.param("transformer", OPTIONS[name], id=f"transformer-{name}")
-    for name in TRANSFORMER_OPTIONS
-  ]
-)
+CASES = [
+  pytest.param("mlp", opts, id=f"mlp-{name}") for name, opts in OPTIONS.items()
+] + [pytest.param("mlp-bf16", {"param_rounding": "kahan"}, id="mlp-bf16-kahan")]
 
 
 def _weights(opts, steps, nan_step=NAN_STEP):
@@ -532,8 +477,7 @@ def test_nnx_optimizer_matches_plain_loop(model_name, opts):
   _assert_trees_close(opt_state, plain_state, tol=1e-6)
 
   adam_state = opt_state[0]
-  if model_name.startswith("mlp"):
-    assert isinstance(adam_state.mu, adam_jax.PackedMoments)
+  assert isinstance(adam_state.mu, adam_jax.PackedMoments)
   expected_steps = MATRIX_STEPS
   if opts.get("skip_nonfinite"):
     assert int(adam_state.skipped) == 1
@@ -547,7 +491,7 @@ def test_nnx_optimizer_matches_plain_loop(model_name, opts):
     )
   if opts.get("mu_dtype") == "int8":
     assert _leaves_of(adam_state, adam_jax.QuantizedMoment)
-  if model_name == "transformer":  # leaves under int8_min_size: float32 moments
+    # The biases, under int8_min_size, keep float32 moments beside them.
     mu = jax.tree.leaves(
       adam_state.mu, is_leaf=lambda x: isinstance(x, adam_jax.QuantizedMoment)
     )

@@ -238,7 +238,7 @@ configs = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(
   shape_list=shapes,
   dtype=st.sampled_from(["float32", "bfloat16", "float16"]),

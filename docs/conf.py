@@ -58,10 +58,13 @@ nitpick_ignore_regex = [
 autosummary_generate = True
 autodoc_typehints = "none"  # the docstrings say what each argument takes
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# A state's fields are described once, by its docstring's Attributes section,
+# in words (their type annotations are long unions that say less).
+napoleon_use_ivar = True
+napoleon_attr_annotations = False
 
 myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
@@ -88,3 +91,15 @@ html_theme_options = {
   "show_toc_level": 2,
   "navigation_with_keys": False,
 }
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+  """NamedTuple fields' properties say only "Alias for field number k"; the
+  class's Attributes section already describes each field."""
+  if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+    return True
+  return None
+
+
+def setup(app):
+  app.connect("autodoc-skip-member", _skip_namedtuple_fields)

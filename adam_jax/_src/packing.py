@@ -138,7 +138,7 @@ class PackedMoments:
     return self.layout.treedef.unflatten(self.leaves())
 
   def abstract(self) -> Any:
-    """The unpacked tree's shapes and dtypes (``jax.ShapeDtypeStruct``s)."""
+    """The unpacked tree's shapes and dtypes, as ``jax.ShapeDtypeStruct`` leaves."""
     return _abstract(
       self.layout,
       tuple(_logical_dtype(x) for x in self.own),

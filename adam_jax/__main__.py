@@ -222,18 +222,25 @@ class Result:
 
   name: str
   param_dtype: str
-  step_losses: list[float]
-  epoch_train_loss: list[float]
-  epoch_test_accuracy: list[float]
-  step_seconds: list[float]
-  state_bytes: int
   num_params: int
+  step_losses: list[float] = dataclasses.field(default_factory=list)
+  epoch_train_loss: list[float] = dataclasses.field(default_factory=list)
+  epoch_test_accuracy: list[float] = dataclasses.field(default_factory=list)
+  step_seconds: list[float] = dataclasses.field(default_factory=list)
   opt_state: Any = None
   diverged_at: int | None = None
 
   @property
   def label(self) -> str:
     return LABELS.get(self.name, self.name)
+
+  @property
+  def state_bytes(self) -> int:
+    return tree_bytes(self.opt_state)
+
+  @property
+  def bytes_per_param(self) -> float:
+    return self.state_bytes / self.num_params
 
   @property
   def train_loss(self) -> float:
@@ -381,7 +388,7 @@ def train_one(
   model_graphdef = nnx.graphdef(model)
 
   rng = np.random.default_rng(seed)
-  result = Result(name, param_dtype_name(model), [], [], [], [], 0, count_params(model))
+  result = Result(name, param_dtype_name(model), count_params(model))
   seconds: list[float] = []
   with _progress_bar(name, epochs * (n_train // batch_size), progress) as bar:
     for _ in range(epochs):
@@ -413,7 +420,6 @@ def train_one(
   # The first call also traces and compiles; a single step in all reports it.
   result.step_seconds = seconds[1:] or seconds[-1:]
   result.opt_state = optimizer.opt_state
-  result.state_bytes = tree_bytes(optimizer.opt_state)
   return result
 
 
@@ -436,7 +442,7 @@ def format_table(results: Sequence[Result]) -> str:
       "nan" if math.isnan(r.test_accuracy) else f"{100 * r.test_accuracy:.1f}%",
       f"{r.median_step_ms:.2f}",
       f"{r.state_bytes:,}",
-      f"{r.state_bytes / r.num_params:.2f}",
+      f"{r.bytes_per_param:.2f}",
     )
     for r in results
   ]
@@ -472,8 +478,8 @@ def contrasts(results: Sequence[Result]) -> list[str]:
     )
   if int8 and ours:
     lines.append(
-      f"8-bit moments: {int8.state_bytes / int8.num_params:.2f} bytes/param"
-      f" instead of {ours.state_bytes / ours.num_params:.2f}, test accuracy"
+      f"8-bit moments: {int8.bytes_per_param:.2f} bytes/param"
+      f" instead of {ours.bytes_per_param:.2f}, test accuracy"
       f" {_score(int8)} (float32 moments: {_score(ours)})"
     )
   if optax16 and ours16:

@@ -56,7 +56,7 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(items):
   """Slow tests first (a stable sort keeps the rest in file order): pytest-xdist
-  hands tests out in this order, so the minute-long notebooks and subprocesses
+  hands tests out in this order, so the minute-long docs build and subprocesses
   start while there is other work to balance them, not at the end."""
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 

@@ -4,15 +4,19 @@ import math
 import subprocess
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 # The demo plots with matplotlib (the examples extra); the unit-tier
 # environment at the minimum versions has no plotting and skips this module.
 pytest.importorskip("matplotlib", reason="python -m adam_jax needs the examples extra")
 
+import adam_jax
 from adam_jax import __main__ as demo
 from tests._procs import run_python
+from tests.conftest import optax_mode
 
 
 def _run_module(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -146,12 +150,6 @@ def test_optax_adam_float16_small_or_zero_gradient_is_not_finite():
   optax's eps=1e-8 is 0 and the second moment (1 - b2) g^2 of a small gradient
   underflows to 0, so the update is 0/0 (NaN) for a zero gradient and x/0
   (infinite) for a small one. adam_jax computes the moments in float32."""
-  import jax.numpy as jnp
-  import optax
-
-  import adam_jax
-  from tests.conftest import optax_mode
-
   params = jnp.zeros(3, jnp.float16)
   grads = jnp.array([0.0, 1e-3, -2.0], jnp.float16)
   with optax_mode():

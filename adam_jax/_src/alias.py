@@ -60,7 +60,7 @@ def _current_value(value: ScalarOrSchedule, state):
   return value, state
 
 
-def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule):
   """``updates * -learning_rate``; schedules see the pre-increment count."""
 
   def update_fn(updates, state, params=None):
@@ -71,7 +71,7 @@ def _scale_by_learning_rate(learning_rate: ScalarOrSchedule):
   return optax.GradientTransformation(_init_schedule(learning_rate), update_fn)
 
 
-def _add_decayed_weights(
+def add_decayed_weights(
   weight_decay: ScalarOrSchedule, mask: MaskOrFn, *, sign: int = 1
 ):
   """``updates + sign * weight_decay * params`` (decoupled weight decay)."""
@@ -194,7 +194,7 @@ def _kahan_updates() -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _chain(
+def chain_of(
   *steps: optax.GradientTransformation,
   average_decay: Any = None,
   average_mode: str = "paper",
@@ -222,9 +222,13 @@ def _chain(
   def update_fn(updates, state, params=None, **extra_args):
     validation.check_param_dtypes("updates", updates)
     adam_state = state[0] if isinstance(state, tuple) and state else None
-    if isinstance(adam_state, states.ADAM_STATES):  # name gradient paths
+    if states.is_adam_state(adam_state):  # name gradient paths
+      field = states.tree_field(adam_state)
       validation.check_tree_matches(
-        "updates", updates, "state[0].mu", packing.logical(adam_state.mu)
+        "updates",
+        updates,
+        f"state[0].{field}",
+        packing.logical(getattr(adam_state, field)),
       )
     expected = jax.eval_shape(chain.init, updates)
     if jax.tree.structure(state) != jax.tree.structure(expected):
@@ -268,6 +272,11 @@ def adam(
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
+  cautious: bool = False,
+  update_clipping: bool = False,
+  atan2: bool = False,
+  atan2_a: jax.typing.ArrayLike = 1.27,
+  atan2_b: jax.typing.ArrayLike = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Adam optimizer, a drop-in for :func:`optax.adam`.
 
@@ -349,6 +358,14 @@ def adam(
       correctly rounded sum of everything applied so far, so bf16-only
       training tracks float32 master weights. ``update`` then needs
       ``params``; float32 parameters get no buffer.
+    cautious: Cautious Adam (Liang et al., 2024): no step against the
+      gradient's sign (see :func:`scale_by_adam`).
+    update_clipping: StableAdamW's per-tensor update clipping (Wortsman et
+      al., 2023; see :func:`scale_by_adam`).
+    atan2: Adam-atan2 (Everett et al., 2024): ``atan2`` replaces the division
+      and ``eps`` (see :func:`scale_by_adam`).
+    atan2_a: Adam-atan2's output scale, > 0.
+    atan2_b: Adam-atan2's scale of :math:`\sqrt{\hat v_t}`, > 0.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -390,7 +407,7 @@ def adam(
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  return _chain(
+  return chain_of(
     transform.scale_by_adam(
       b1,
       b2,
@@ -408,8 +425,13 @@ def adam(
       skip_nonfinite=skip_nonfinite,
       pack_small_leaves=pack_small_leaves,
       int8_min_size=int8_min_size,
+      cautious=cautious,
+      update_clipping=update_clipping,
+      atan2=atan2,
+      atan2_a=atan2_a,
+      atan2_b=atan2_b,
     ),
-    _scale_by_learning_rate(learning_rate),
+    scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
     average_mode=average_mode,
     skip_nonfinite=skip_nonfinite,
@@ -440,6 +462,11 @@ def adamw(
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
   param_rounding: str | None = None,
+  cautious: bool = False,
+  update_clipping: bool = False,
+  atan2: bool = False,
+  atan2_a: jax.typing.ArrayLike = 1.27,
+  atan2_b: jax.typing.ArrayLike = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with decoupled weight decay, a drop-in for :func:`optax.adamw`.
 
@@ -492,6 +519,16 @@ def adamw(
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
+    cautious: as in :func:`adam`; the decay is not masked.
+    update_clipping: StableAdamW (Wortsman et al., 2023): as in :func:`adam`,
+      and the clip divides the decay term too, :math:`u_t = -\alpha_t
+      (\hat m_t / (\sqrt{\hat v_t} + \varepsilon) + \lambda_t
+      \theta_{t-1}) / \max(1, \mathrm{RMS}_t)`; the decay then runs inside
+      the first step of the chain (two steps instead of three).
+    atan2: Adam-atan2, as in :func:`adam` (the decay is added to it).
+    atan2_a: Adam-atan2's output scale, > 0.
+    atan2_b: Adam-atan2's scale of :math:`\sqrt{\hat v_t}`, > 0.
+
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs
     ``params``.
@@ -520,12 +557,14 @@ def adamw(
   validation.check_scalar_or_schedule("weight_decay", weight_decay)
   validation.check_bool("decouple_lr", decouple_lr)
   validation.check_mask("mask", mask)
-  scale = transform.scale_by_adam(
-    b1,
-    b2,
-    eps,
-    eps_root,
-    mu_dtype,
+  validation.check_bool("update_clipping", update_clipping)
+  if update_clipping and decouple_lr:
+    validation.check_combination(
+      "update_clipping=True",
+      "decouple_lr=True",
+      "StableAdamW scales the decay with the learning rate and the clip",
+    )
+  common: dict[str, Any] = dict(
     nesterov=nesterov,
     nu_dtype=nu_dtype,
     amsgrad=amsgrad,
@@ -535,13 +574,34 @@ def adamw(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    cautious=cautious,
+    atan2=atan2,
+    atan2_a=atan2_a,
+    atan2_b=atan2_b,
   )
-  lr = _scale_by_learning_rate(learning_rate)
-  if decouple_lr:
-    steps = (scale, lr, _add_decayed_weights(weight_decay, mask, sign=-1))
+  lr = scale_by_learning_rate(learning_rate)
+  steps: tuple[optax.GradientTransformation, ...]
+  if update_clipping:  # the clip scales the decay too: it joins the rule
+    cfg = transform.adam_config(
+      b1,
+      b2,
+      eps,
+      eps_root,
+      mu_dtype,
+      weight_decay=weight_decay,
+      mask=mask,
+      decoupled=True,
+      update_clipping=True,
+      **common,
+    )
+    steps = (transform.adam_family(cfg), lr)
   else:
-    steps = (scale, _add_decayed_weights(weight_decay, mask), lr)
-  return _chain(
+    scale = transform.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, **common)
+    if decouple_lr:
+      steps = (scale, lr, add_decayed_weights(weight_decay, mask, sign=-1))
+    else:
+      steps = (scale, add_decayed_weights(weight_decay, mask), lr)
+  return chain_of(
     *steps,
     average_decay=average_decay,
     average_mode=average_mode,
@@ -737,9 +797,9 @@ def amsgrad(
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
   )
-  return _chain(
+  return chain_of(
     transform.adam_family(cfg),
-    _scale_by_learning_rate(learning_rate),
+    scale_by_learning_rate(learning_rate),
     skip_nonfinite=skip_nonfinite,
     param_rounding=param_rounding,
   )
@@ -809,25 +869,108 @@ def adamax(
     <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
-  cfg = checked_config(
+  cfg = _adamax_config(
     b1,
     b2,
     eps,
-    0.0,
-    None,
-    None,
-    False,
-    norm="max",
-    maximize=maximize,
     weight_decay=weight_decay,
     weight_decay_mask=mask,
+    maximize=maximize,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
   )
-  return _chain(
+  return chain_of(
     transform.adam_family(cfg),
-    _scale_by_learning_rate(learning_rate),
+    scale_by_learning_rate(learning_rate),
+    average_decay=average_decay,
+    average_mode=average_mode,
+    skip_nonfinite=skip_nonfinite,
+    param_rounding=param_rounding,
+  )
+
+
+def _adamax_config(b1, b2, eps, **options):
+  """AdaMax's checked configuration (``weight_decay`` in ``options`` is
+  coupled)."""
+  return checked_config(b1, b2, eps, 0.0, None, None, False, norm="max", **options)
+
+
+def adamaxw(
+  learning_rate: ScalarOrSchedule = 1e-3,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: ScalarOrSchedule = 1e-4,
+  mask: MaskOrFn = None,
+  *,
+  maximize: bool = False,
+  average_decay: jax.typing.ArrayLike | None = None,
+  average_mode: str = "paper",
+  skip_nonfinite: bool = False,
+  pack_small_leaves: bool = True,
+  param_rounding: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdaMax with decoupled weight decay, a drop-in for :func:`optax.adamaxw`.
+
+  :func:`adamax`'s step with :math:`\lambda \theta_{t-1}` added before the
+  learning rate, as :func:`adamw` does for Adam:
+
+  .. math::
+
+    \Delta_t = -\alpha_t \left(m_t / ((1 - \beta_1^t)\, u_t) + \lambda
+    \theta_{t-1}\right)
+
+  Args:
+    learning_rate: step size (>= 0) or schedule.
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the infinity norm, in [0, 1).
+    eps: added to :math:`|g_t|`, >= 0.
+    weight_decay: decoupled decay :math:`\lambda` (>= 0) or schedule.
+    mask: where ``weight_decay`` applies (as in :func:`adamw`).
+    maximize: ascend the objective.
+    average_decay: keep a parameter average in the state (see :func:`adam`).
+    average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
+    skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
+    pack_small_leaves: pack small leaves' moments (see :func:`adam`).
+    param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
+      :func:`adam`).
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import adam_jax
+    >>> solver = adam_jax.adamaxw(0.1, weight_decay=0.5)
+    >>> params = jnp.ones(2)
+    >>> state = solver.init(params)
+    >>> updates, _ = solver.update(jnp.array([2.0, -1.0]), state, params)
+    >>> print(*(f"{x:+.4f}" for x in updates))  # -0.1 (sign(g) + 0.5 params)
+    -0.1500 +0.0500
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015, Section 7.1.
+
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  validation.check_scalar_or_schedule("learning_rate", learning_rate)
+  validation.check_scalar_or_schedule("weight_decay", weight_decay)
+  validation.check_mask("mask", mask)
+  cfg = _adamax_config(
+    b1,
+    b2,
+    eps,
+    maximize=maximize,
+    skip_nonfinite=skip_nonfinite,
+    pack_small_leaves=pack_small_leaves,
+  )
+  return chain_of(
+    transform.adam_family(cfg),
+    add_decayed_weights(weight_decay, mask),
+    scale_by_learning_rate(learning_rate),
     average_decay=average_decay,
     average_mode=average_mode,
     skip_nonfinite=skip_nonfinite,

@@ -52,6 +52,43 @@ class Config:
   pack_small_leaves: bool = True
   # With mu_dtype/nu_dtype "int8": leaves with fewer elements keep float32.
   int8_min_size: int = int8.INT8_MIN_SIZE
+  # ``weight_decay`` added to the step after the moments (AdamW's decoupled
+  # decay) instead of to the gradient; used with ``update_clipping``, whose
+  # per-tensor factor scales the decay too (StableAdamW).
+  decoupled: bool = False
+  # Cautious updates (Liang et al., 2024): zero the step where its sign
+  # disagrees with the gradient's, rescale the rest per tensor.
+  cautious: bool = False
+  # StableAdamW (Wortsman et al., 2023): divide each tensor's step by
+  # max(1, RMS(g^2 / v_hat)).
+  update_clipping: bool = False
+  # Adam-atan2 (Everett et al., 2024): a * atan2(m_hat, b * sqrt(v_hat)).
+  atan2: bool = False
+  atan2_a: Any = 1.27
+  atan2_b: Any = 1.0
+  # RAdam (Liu et al., 2020): rectify the ratio from this rho_t on; None: off.
+  rectify_threshold: Any = None
+  # ADOPT (Taniguchi et al., 2024): normalize g by the previous second moment
+  # before the first moment; ``adopt_clip`` maps the step count before the
+  # increment to the clip value (None: no clipping).
+  adopt: bool = False
+  adopt_clip: Any = None
+  # AdEMAMix (Pagliardini et al., 2024): a slow EMA of decay ``slow_b3``
+  # weighted by ``slow_alpha`` (each a number or a schedule); None: off.
+  slow_b3: Any = None
+  slow_alpha: Any = None
+  # False: no first moment at all (b1 = 0; the schedule-free base, optax's
+  # ``scale_by_rms(eps_in_sqrt=False, bias_correction=True)``).
+  first_moment: bool = True
+
+  @property
+  def slow(self) -> bool:
+    return self.slow_b3 is not None
+
+  @property
+  def per_tensor(self) -> bool:
+    """Options whose step reads statistics of the whole tensor."""
+    return self.cautious or self.update_clipping
 
 
 def has_weight_decay(cfg: Config) -> bool:
@@ -60,6 +97,53 @@ def has_weight_decay(cfg: Config) -> bool:
   if wd is None:
     return False
   return callable(wd) or not (isinstance(wd, (int, float)) and wd == 0)
+
+
+# Options that change the ratio m_hat / (sqrt(v_hat) + eps) itself, and what
+# each needs of it: (option, {other option: why they do not combine}).
+_EXCLUSIVE = {
+  "atan2": {
+    "amsgrad": "atan2 has no denominator to take a maximum of",
+    "eps_hat": "atan2 has no eps",
+    "norm": "AdaMax's infinity norm is not a second moment",
+    "rectify_threshold": "RAdam rectifies the division atan2 replaces",
+    "adopt": "ADOPT normalizes the gradient, not the moment",
+  },
+  "update_clipping": {
+    "norm": "AdaMax's infinity norm is not a second moment",
+    "adopt": "ADOPT's step is its first moment, with no ratio to clip",
+  },
+}
+
+
+def _is_on(options: dict, key: str) -> bool:
+  value = options.get(key)
+  if key == "norm":
+    return value == "max"
+  return value is not None and value is not False
+
+
+def _check_variants(options: dict) -> None:
+  """Checks the variant options and refuses combinations without a meaning."""
+  for key, default in (("atan2_a", 1.27), ("atan2_b", 1.0)):
+    value = options.get(key, default)
+    validation.check_positive(key, value)
+    # Arrays are inject_hyperparams' copies of the defaults: not checked.
+    if not options.get("atan2") and isinstance(value, (int, float)):
+      validation.check_unused(key, value, default, "atan2=True")
+  if options.get("rectify_threshold") is not None:
+    validation.check_non_negative("threshold", options["rectify_threshold"])
+  if options.get("slow_b3") is not None:
+    validation.check_decay_or_schedule("b3", options["slow_b3"])
+    validation.check_scalar_or_schedule("alpha", options["slow_alpha"])
+  names = {"norm": "AdaMax", "rectify_threshold": "RAdam", "adopt": "ADOPT"}
+  for option, others in _EXCLUSIVE.items():
+    if not options.get(option):
+      continue
+    for other, why in others.items():
+      if _is_on(options, other):
+        shown = names.get(other, f"{other}=True")
+        validation.check_combination(f"{option}=True", shown, why)
 
 
 def checked_config(
@@ -78,6 +162,9 @@ def checked_config(
     "eps_hat",
     "skip_nonfinite",
     "pack_small_leaves",
+    "cautious",
+    "update_clipping",
+    "atan2",
   )
   for key in switches:
     if key in options:
@@ -96,6 +183,7 @@ def checked_config(
         int8.INT8_MIN_SIZE,
         "mu_dtype='int8' or nu_dtype='int8'",
       )
+  _check_variants(options)
   mask = options.get("weight_decay_mask")
   validation.check_mask("mask", mask)
   if options.get("weight_decay") is None:

@@ -64,13 +64,18 @@ def typed_sharding(x: Any) -> Any:
   return sharding if explicit in sharding.mesh.axis_types else None
 
 
-def counter(params: Any) -> jax.Array:
-  """A zero int32 step counter placed where a jitted step returns it:
-  replicated on the parameters' mesh when they are committed to one (so the
-  step does not compile a second time for the counter's placement)."""
-  z = jnp.zeros([], jnp.int32)
+def scalar(params: Any, value: Any, dtype: Any) -> jax.Array:
+  """A scalar of state placed as :func:`counter` places the step count."""
+  z = jnp.asarray(value, dtype)
   first = next(iter(jax.tree.leaves(params)), None)
   sharding = placement(first)
   if isinstance(sharding, NamedSharding):
     return jax.device_put(z, NamedSharding(sharding.mesh, P()))
   return z
+
+
+def counter(params: Any) -> jax.Array:
+  """A zero int32 step counter placed where a jitted step returns it:
+  replicated on the parameters' mesh when they are committed to one (so the
+  step does not compile a second time for the counter's placement)."""
+  return scalar(params, 0, jnp.int32)

@@ -98,10 +98,13 @@ class Clock:
   """The step count of one update (``t``, already incremented) and the
   scalars that every leaf of it shares: the step bound, once per dtype."""
 
-  def __init__(self, cfg: Config, count: jax.Array):
+  def __init__(self, cfg: Config, count: jax.Array, **values: Any):
     self.cfg = cfg
     self.t = count
     self.t_next = optax.safe_increment(count)
+    # Per-step values of schedules evaluated once by the transform (the slow
+    # EMA's ``b3`` and ``alpha``, ADOPT's ``clip`` and ``first`` step flag).
+    self.values = values
     self._bounds: dict[Any, jax.Array] = {}
 
   def one(self, dtype: Any) -> jax.Array:
@@ -114,18 +117,25 @@ class Clock:
   def bound(self, dtype: Any) -> jax.Array:
     """:func:`step_bound` at ``t`` in ``dtype``."""
     if dtype not in self._bounds:
-      self._bounds[dtype] = step_bound(self.cfg, self.t.astype(dtype), dtype)
+      bound = step_bound(self.cfg, self.t.astype(dtype), dtype)
+      if self.cfg.slow:
+        alpha = jnp.abs(jnp.asarray(self.values["alpha"]).astype(dtype))
+        slow = slow_bound(self.cfg, self.values["b3"], self.t.astype(dtype), dtype)
+        bound = jnp.minimum(bound + alpha * slow, jnp.finfo(dtype).max)
+      self._bounds[dtype] = bound
     return self._bounds[dtype]
 
 
-def leaf_step(clock: Clock, g, m, v, v_max, p=None, wd=None, settle=None):
-  """One Adam step for one array: ``(g, m, v, v_max) -> (u, m, v, v_max)``.
+def leaf_step(clock: Clock, g, moments, p=None, wd=None, settle=None):
+  """One Adam step for one array: ``(g, moments) -> (u, *new moments)``.
 
-  Everything is computed in ``compute_dtype(g.dtype)`` (>= float32); the update
-  comes back in ``g.dtype`` and the moments in their stored dtypes (``m``,
-  ``v`` and ``v_max`` are decoded arrays; ``v_max`` is None without AMSGrad).
-  ``wd`` is the coupled weight decay for this array (None: none) and ``p`` its
-  parameter. ``settle``, if given, maps the new moments ``(m_t, v_t)`` to the
+  ``moments`` are the decoded ``(m, v, v_max, slow)``: ``v_max`` is None
+  without AMSGrad, ``slow`` None without AdEMAMix's slow EMA and ``m`` None
+  without a first moment. Everything is computed in
+  ``compute_dtype(g.dtype)`` (>= float32); the update comes back in
+  ``g.dtype`` and the moments in their stored dtypes. ``wd`` is the weight
+  decay for this array (None: none; coupled unless ``cfg.decoupled``) and
+  ``p`` its parameter. ``settle``, if given, maps the new moments to the
   arrays that both the update and the storage read (``storage.settled``:
   the same values, computed once).
 
@@ -140,34 +150,54 @@ def leaf_step(clock: Clock, g, m, v, v_max, p=None, wd=None, settle=None):
   extra clamp there changes how XLA fuses, hence rounds, the common case.) A
   NaN or infinite gradient element gives a NaN update there (as in optax: it
   makes ``v_t`` NaN, so the clip keeps it NaN), never a plausible-looking
-  finite one. Complex parameters keep the plain formula.
+  finite one. Complex parameters keep the plain formula. The variant options
+  (RAdam's rectification, Adam-atan2, update clipping, cautious updates)
+  act on the bounded ratio (:func:`variant_update`); ADOPT takes its own
+  path (:func:`adopt_step`).
   """
-  gc, m_new, v_new = new_moments(clock, g, m, v, p, wd)
+  m, v, v_max, slow = moments
+  if clock.cfg.adopt:
+    return adopt_step(clock, g, m, v, p, wd, settle)
+  gc, new = new_moments(clock, g, m, v, slow, p, wd)
   if settle is not None:
-    m_new, v_new = settle(m_new, v_new)
-  u, v_max_new = scaled_update(clock, gc, m_new, v_new, v_max)
+    new = settle(new)
+  m_new, v_new, slow_new = new
+  u, v_max_new = scaled_update(clock, gc, m_new, v_new, v_max, slow_new)
+  u = variant_update(clock, u, gc, v_new, p, wd)
   return (
     u.astype(g.dtype),
-    storage.store(m_new, m.dtype),
-    storage.store(v_new, v.dtype),
-    None if v_max_new is None else storage.store(v_max_new, v_max.dtype),
+    *_stored((m_new, v_new, v_max_new, slow_new), (m, v, v_max, slow)),
   )
 
 
-def new_moments(clock: Clock, g, m, v, p=None, wd=None):
-  """``(g_t, m_t, v_t)``: the gradient the moments see and the new moments,
-  in the compute dtype."""
+def _stored(new, old):
+  """Each new moment in its stored dtype (None where there is none)."""
+  return tuple(
+    None if x is None else storage.store(x, o.dtype)
+    for x, o in zip(new, old, strict=True)
+  )
+
+
+def new_moments(clock: Clock, g, m, v, slow=None, p=None, wd=None):
+  """``(g_t, (m_t, v_t, slow_t))``: the gradient the moments see and the new
+  moments, in the compute dtype (None for a moment the state does not
+  keep)."""
   cfg = clock.cfg
   cdt = storage.compute_dtype(g.dtype)
   rdt = storage.real_dtype(cdt)
   gc = _gradient(cfg, g, p, wd, cdt, rdt)
   tc = clock.t.astype(rdt)
-  keep1, rate1, _ = ema_coefficients(cast_hyperparameter(cfg.b1, rdt), tc)
-  m_new = _as_compute(rate1, cdt) * gc + _as_compute(keep1, cdt) * m.astype(cdt)
-  return gc, m_new, _second_moment(cfg, gc, v, tc, rdt)
+  m_new = slow_new = None
+  if m is not None:
+    keep1, rate1, _ = ema_coefficients(cast_hyperparameter(cfg.b1, rdt), tc)
+    m_new = _as_compute(rate1, cdt) * gc + _as_compute(keep1, cdt) * m.astype(cdt)
+  if slow is not None:
+    b3 = cast_hyperparameter(clock.values["b3"], rdt)
+    slow_new = _as_compute(1 - b3, cdt) * gc + _as_compute(b3, cdt) * slow.astype(cdt)
+  return gc, (m_new, _second_moment(cfg, gc, v, tc, rdt), slow_new)
 
 
-def scaled_update(clock: Clock, gc, m_new, v_new, v_max):
+def scaled_update(clock: Clock, gc, m_new, v_new, v_max, slow_new=None):
   """``(u_t, AMSGrad's new maximum or None)``: the bias-corrected ratio of
   the moments, bounded by :func:`step_bound`."""
   cfg = clock.cfg
@@ -178,9 +208,134 @@ def scaled_update(clock: Clock, gc, m_new, v_new, v_max):
   bc2 = None
   if cfg.norm == "l2":
     _, _, bc2 = ema_coefficients(cast_hyperparameter(cfg.b2, rdt), tc)
-  m_hat = _corrected_first(cfg, m_new, gc, b1, tc, tc_next, cdt)
+  if m_new is None:  # no first moment: m_t = g_t
+    m_hat = gc
+  else:
+    m_hat = _corrected_first(cfg, m_new, gc, b1, tc, tc_next, cdt)
+  if slow_new is not None:  # AdEMAMix: the slow EMA, not bias-corrected
+    m_hat = (
+      m_hat
+      + _as_compute(cast_hyperparameter(clock.values["alpha"], rdt), cdt) * slow_new
+    )
+  if cfg.atan2:
+    return _atan2_ratio(cfg, m_hat, v_new, bc2, rdt), None
   denom, v_max_new = _denominator(cfg, v_new, v_max, bc2, rdt)
-  return _bounded_ratio(cfg, m_hat, denom, clock.bound, cdt, rdt), v_max_new
+  u = _bounded_ratio(cfg, m_hat, denom, clock.bound, cdt, rdt)
+  if cfg.rectify_threshold is not None:
+    u = _rectified(cfg, u, m_hat, tc, rdt)
+  return u, v_max_new
+
+
+def variant_update(clock: Clock, u, gc, v_new=None, p=None, wd=None):
+  """The step of the per-tensor options from the ratio ``u``: cautious
+  masking (Liang et al., 2024), then AdamW's decoupled decay when it lives
+  in the rule (``cfg.decoupled``), then StableAdamW's update clipping
+  (Wortsman et al., 2023), which scales the decay too."""
+  cfg = clock.cfg
+  if cfg.cautious:
+    u = cautious(u, gc)
+  if cfg.decoupled and wd is not None:
+    rdt = storage.real_dtype(u.dtype)
+    u = u + cast_hyperparameter(wd, rdt) * jnp.asarray(p).astype(u.dtype)
+  if cfg.update_clipping:
+    u = u / _update_rms(clock, gc, v_new)
+  return u
+
+
+def cautious(u: jax.Array, g: jax.Array) -> jax.Array:
+  r"""``u`` where it agrees in sign with ``g``, else 0, rescaled by
+  :math:`n / (\#\{u g > 0\} + 1)` so the step keeps its size (C-AdamW,
+  Liang et al., 2024, as pytorch-optimizer's ``apply_cautious``)."""
+  agree = (u * g > 0).astype(u.dtype)
+  return u * (agree * (u.size / (jnp.sum(agree) + 1)))
+
+
+def _update_rms(clock: Clock, gc, v_new):
+  """StableAdamW's divisor ``max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))``."""
+  cfg = clock.cfg
+  rdt = gc.dtype
+  v_hat = v_new
+  if cfg.bias_correction_nu:
+    tc = clock.t.astype(rdt)
+    _, _, bc2 = ema_coefficients(cast_hyperparameter(cfg.b2, rdt), tc)
+    v_hat = v_new / bc2
+  eps = cast_hyperparameter(cfg.eps, rdt)
+  floor = jnp.maximum(jnp.asarray(eps * eps, rdt), jnp.finfo(rdt).tiny)
+  # Both sides saturated: an overflowed g^2 or v_hat gives a large (or
+  # infinite, clipping the step to 0) ratio, never inf / inf = NaN.
+  big = float(jnp.finfo(rdt).max)
+  ratio = jnp.minimum(abs_sq(gc), big) / jnp.clip(v_hat, floor, big)
+  return jnp.maximum(jnp.sqrt(jnp.mean(ratio)), 1)
+
+
+def _atan2_ratio(cfg: Config, m_hat, v_new, bc2, rdt):
+  """Adam-atan2's ``a * atan2(m_hat, b * sqrt(v_hat))``: bounded by
+  ``a * pi / 2`` and scale-invariant, with no ``eps``."""
+  a = cast_hyperparameter(cfg.atan2_a, rdt)
+  b = cast_hyperparameter(cfg.atan2_b, rdt)
+  v_hat = v_new / bc2 if cfg.bias_correction_nu else v_new
+  v_hat = jnp.minimum(v_hat, float(jnp.finfo(rdt).max))
+  return a * jnp.arctan2(m_hat, b * jnp.sqrt(v_hat))
+
+
+def _rectified(cfg: Config, u, m_hat, tc, rdt):
+  r"""RAdam: ``r_t u`` once :math:`\rho_t` reaches the threshold, else the
+  bias-corrected first moment alone (Liu et al., 2020, Algorithm 2), with
+  :math:`\rho_\infty = 2/(1-\beta_2) - 1`, :math:`\rho_t = \rho_\infty -
+  2t\beta_2^t/(1-\beta_2^t)` and :math:`r_t = \sqrt{(\rho_t-4)(\rho_t-2)
+  \rho_\infty / ((\rho_\infty-4)(\rho_\infty-2)\rho_t)}`."""
+  b2 = cast_hyperparameter(cfg.b2, rdt)
+  threshold = cast_hyperparameter(cfg.rectify_threshold, rdt)
+  # rho_t is a difference of two terms near 2 / (1 - b2): b2^t and 1 - b2^t
+  # come from log1p/expm1 so that it keeps its digits in float32 (optax's
+  # direct powers lose about 1% of r_t near the threshold).
+  rate = jnp.asarray(1 - b2).astype(rdt)
+  log_b2 = jnp.log1p(-rate)
+  rho_inf = 2 / rate - 1
+  rho = rho_inf - 2 * tc * jnp.exp(tc * log_b2) / -jnp.expm1(tc * log_b2)
+  square = (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+  r = jnp.sqrt(jnp.maximum(square, 0))  # 0 where unused (rho < 4): no NaN
+  return jnp.where(rho >= threshold, r.astype(u.dtype) * u, saturate(m_hat))
+
+
+def adopt_step(clock: Clock, g, m, v, p=None, wd=None, settle=None):
+  r"""ADOPT (Taniguchi et al., 2024, Algorithm 2) for one array.
+
+  The gradient is normalized by the *previous* second moment, clipped, and
+  only then averaged; the step is the first moment itself:
+
+  .. math::
+
+    m_t = \beta_1 m_{t-1} + (1-\beta_1) \operatorname{clip}(g_t /
+    \max(\sqrt{v_{t-1}}, \varepsilon), c_t), \quad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad u_t = m_t
+
+  At the first call (count 0) only :math:`v_0 = g_0^2` is set and the step
+  is 0, as in optax (whose arithmetic this follows: the decays are selected
+  by the count, as arrays). Returns ``(u, m, v, None, None)``.
+  """
+  cfg = clock.cfg
+  cdt = storage.compute_dtype(g.dtype)
+  rdt = storage.real_dtype(cdt)
+  gc = _gradient(cfg, g, p, wd, cdt, rdt)
+  first = clock.values["first"]
+  b1 = jnp.where(first, 1, jnp.asarray(cfg.b1).astype(rdt)).astype(rdt)
+  b2 = jnp.where(first, 0, jnp.asarray(cfg.b2).astype(rdt)).astype(rdt)
+  eps = cast_hyperparameter(cfg.eps, rdt)
+  v_prev = storage.read_back(v, rdt)
+  normed = saturate(safe_divide(gc, jnp.maximum(jnp.sqrt(v_prev), eps)))
+  if cfg.adopt_clip is not None:
+    c = jnp.asarray(clock.values["clip"]).astype(rdt)
+    normed = jnp.clip(normed, -c, c)
+  m_new = saturate((1 - b1) * normed + b1 * m.astype(cdt))
+  v_new = (1 - b2) * abs_sq(gc) + b2 * v_prev + (gc - gc)
+  if settle is not None:
+    m_new, v_new, _ = settle((m_new, v_new, None))
+  u = m_new
+  if cfg.nesterov:
+    u = (1 - b1) * normed + b1 * m_new
+  u = variant_update(clock, u, gc, None, p, wd)
+  return (u.astype(g.dtype), *_stored((m_new, v_new, None, None), (m, v, None, None)))
 
 
 def _gradient(cfg: Config, g, p, wd, cdt, rdt):
@@ -189,7 +344,7 @@ def _gradient(cfg: Config, g, p, wd, cdt, rdt):
   gc = g.astype(cdt)
   if cfg.maximize:
     gc = -gc
-  if wd is not None:
+  if wd is not None and not cfg.decoupled:
     gc = gc + cast_hyperparameter(wd, rdt) * jnp.asarray(p).astype(cdt)
   return gc
 
@@ -317,6 +472,24 @@ def step_bound(cfg: Config, t: jax.Array, dtype: Any) -> jax.Array:
       square = (one - b1) ** 2 * bc2 / ((one - b2) * bc1 * bc1) * g
     bound = jnp.sqrt(square)
   bound = jnp.where((b1 == one) | (b2 == one), jnp.inf, bound)
+  return jnp.minimum(bound, jnp.finfo(dtype).max)
+
+
+def slow_bound(cfg: Config, b3: Any, t: jax.Array, dtype: Any) -> jax.Array:
+  r"""The largest :math:`|m^{slow}_t| / \sqrt{\hat v_t}` for AdEMAMix's slow
+  EMA (weights :math:`(1-\beta_3)\beta_3^k`, no bias correction), by the
+  Cauchy--Schwarz argument of :func:`step_bound`: :math:`(1-\beta_3)
+  \sqrt{(1-\beta_2^t) G / (1-\beta_2)}` with :math:`G = \sum_{k<t}
+  (\beta_3^2/\beta_2)^k`. A ``b3`` schedule has no such closed form: its
+  bound is the dtype's largest value (no clipping)."""
+  if callable(cfg.slow_b3):
+    return jnp.asarray(jnp.finfo(dtype).max, dtype)
+  b3 = jnp.asarray(b3).astype(dtype)
+  b2 = jnp.asarray(cfg.b2).astype(dtype)
+  one = jnp.ones([], dtype)
+  bc2 = one - b2**t if cfg.bias_correction_nu else one
+  square = (one - b3) ** 2 * bc2 / (one - b2) * geometric_sum(b3 * b3, b2, t)
+  bound = jnp.where((b3 == one) | (b2 == one), jnp.inf, jnp.sqrt(square))
   return jnp.minimum(bound, jnp.finfo(dtype).max)
 
 

@@ -38,34 +38,67 @@ def adam_family(cfg: Config) -> optax.GradientTransformation:
     check_state(cfg, updates, state)
     g_leaves, treedef = jax.tree.flatten(updates, is_leaf=validation.is_none)
     g_leaves = [None if g is None else jnp.asarray(g) for g in g_leaves]
+    _check_variant_dtypes(cfg, g_leaves)
     p_leaves, wd_leaves = _coupled_decay(cfg, state, params, treedef, len(g_leaves))
-    clock = rule.Clock(cfg, optax.safe_increment(state.count))
+    clock = rule.Clock(cfg, optax.safe_increment(state.count), **_values(cfg, state))
     finite = all_finite(g_leaves) if cfg.skip_nonfinite else None
     leaf_step = functools.partial(_stored_step, clock, finite)
-    moments = [state.mu, state.nu, getattr(state, "nu_max", None)]
-    if packing.is_packed(state.mu):
+    moments = states.moments_of(state)
+    if packing.is_packed(moments[1]):
       one = clock.one(jnp.float32)
-      u_leaves, (m, v, vm) = packing.packed_step(
-        state.mu.layout, leaf_step, g_leaves, moments, p_leaves, wd_leaves, one
+      u_leaves, new = packing.packed_step(
+        moments[1].layout, leaf_step, g_leaves, moments, p_leaves, wd_leaves, one
       )
       u = treedef.unflatten(u_leaves)
     else:
       args = (leaf_step, treedef, g_leaves, moments, p_leaves, wd_leaves)
-      u, m, v, vm = _per_leaf(*args)
+      u, *new = _per_leaf(*args)
     count, skipped = clock.t, None
     if finite is not None:
       count = jnp.where(finite, clock.t, state.count)
       skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
-    new_state = _state(cfg, count, m, v, vm, skipped)
-    return u, new_state
+    return u, states.make_state(cfg, count, new, skipped)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _state(cfg: Config, count, mu, nu, nu_max, skipped) -> Any:
-  """The state of ``cfg`` (optax's class unless ``skip_nonfinite``)."""
-  flags = (bool(cfg.amsgrad), cfg.skip_nonfinite)
-  return states.make_state(*flags, count, mu, nu, nu_max, skipped)
+def _values(cfg: Config, state: Any) -> dict[str, Any]:
+  """The per-step values the rule reads besides the count: AdEMAMix's ``b3``
+  and ``alpha`` (schedules of ``count_m2``), ADOPT's first-step flag and
+  clip value (of the count before the increment, as optax)."""
+  values: dict[str, Any] = {}
+  if cfg.slow:
+    for key, value in (("b3", cfg.slow_b3), ("alpha", cfg.slow_alpha)):
+      values[key] = value(state.count_m2) if callable(value) else value
+  if cfg.adopt:
+    values["first"] = state.count == 0
+    if cfg.adopt_clip is not None:
+      values["clip"] = cfg.adopt_clip(state.count)
+  return values
+
+
+def _check_variant_dtypes(cfg: Config, g_leaves: list[Any]) -> None:
+  """The variant options are defined for real gradients only."""
+  options = [
+    name
+    for name, on in (
+      ("cautious", cfg.cautious),
+      ("update_clipping", cfg.update_clipping),
+      ("atan2", cfg.atan2),
+      ("ADOPT", cfg.adopt),
+      ("RAdam's rectification", cfg.rectify_threshold is not None),
+      ("AdEMAMix's slow EMA", cfg.slow),
+    )
+    if on
+  ]
+  if not options:
+    return
+  for g in g_leaves:
+    if g is not None and jnp.iscomplexobj(g):
+      raise TypeError(
+        f"{options[0]} is defined for real parameters, got a {g.dtype} gradient:"
+        " use the plain Adam rule (adam_jax.adam) for complex parameters."
+      )
 
 
 def _init(cfg: Config, params: Any) -> Any:
@@ -88,7 +121,8 @@ def _init(cfg: Config, params: Any) -> Any:
     return storage.int8.BLOCK if storage.INT8 in group else 1
 
   layout, placements = None, list[Any]()
-  if cfg.pack_small_leaves:
+  # Per-tensor statistics (cautious, update clipping) need each leaf alone.
+  if cfg.pack_small_leaves and not cfg.per_tensor:
     unboxed = validation.unboxed(params)
     leaves, treedef = jax.tree.flatten(unboxed, is_leaf=validation.is_none)
     layout, placements = packing.plan(leaves, treedef, group, align_of=align)
@@ -98,14 +132,16 @@ def _init(cfg: Config, params: Any) -> Any:
       return _zeros_per_leaf(params, dtype_for, signed)
     return packing.zeros(layout, placements, leaves, dtype_for, signed)
 
-  return _state(
-    cfg,
-    count=placement.counter(params),
-    mu=moment(mu_dtype, signed=True),
-    nu=moment(nu_dtype, signed=False),
-    nu_max=moment(nu_dtype, signed=False) if cfg.amsgrad else None,
-    skipped=placement.counter(params) if cfg.skip_nonfinite else None,
+  count = placement.counter(params)
+  mu = moment(mu_dtype, signed=True)
+  moments = (
+    mu if cfg.first_moment else None,
+    moment(nu_dtype, signed=False),
+    moment(nu_dtype, signed=False) if cfg.amsgrad else None,
+    moment(mu_dtype, signed=True) if cfg.slow else None,
   )
+  skipped = placement.counter(params) if cfg.skip_nonfinite else None
+  return states.make_state(cfg, count, moments, skipped)
 
 
 def _zeros_per_leaf(params: Any, dtype_for, signed: bool) -> Any:
@@ -129,21 +165,20 @@ def _none_or_box(x: Any) -> bool:
 
 
 def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
-  """:func:`rule.leaf_step` on stored moments ``(m, v, v_max)``: decoded
-  before the rule and encoded after it. With ``finite`` (``skip_nonfinite``)
-  a step with a non-finite gradient returns a zero update and the stored
-  moments unchanged."""
+  """:func:`rule.leaf_step` on stored moments ``(m, v, v_max, slow)``:
+  decoded before the rule and encoded after it. With ``finite``
+  (``skip_nonfinite``) a step with a non-finite gradient returns a zero
+  update and the stored moments unchanged."""
   decoded = [None if x is None else storage.decoded(x) for x in stored]
 
-  def settle(m_new, v_new):
-    one = clock.one(m_new.dtype)
+  def settle(new):
+    one = clock.one(jnp.float32)
     return tuple(
-      storage.settled(x, s, one)
-      for x, s in zip((m_new, v_new), stored[:2], strict=True)
+      None if x is None else storage.settled(x, s, one.astype(x.dtype))
+      for x, s in zip(new, (stored[0], stored[1], stored[3]), strict=True)
     )
 
-  m, v, v_max = decoded
-  u, *new = rule.leaf_step(clock, g, m, v, v_max, p, wd, settle=settle)
+  u, *new = rule.leaf_step(clock, g, decoded, p, wd, settle=settle)
   out = (u, *storage.encoded(new, list(stored)))
   if finite is None:
     return out
@@ -155,9 +190,9 @@ def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
 
 
 def _per_leaf(leaf_step, treedef, g_leaves, moments, p_leaves, wd_leaves):
-  """``leaf_step`` on each leaf of an unpacked state: ``(u, m, v, v_max)``,
+  """``leaf_step`` on each leaf of an unpacked state: ``(u, *moments)``,
   ``u`` in the gradients' structure (``treedef``) and each moment in its own
-  (``v_max`` None without AMSGrad). The moments' structure may differ from
+  (None where the state keeps none). The moments' structure may differ from
   the gradients' by single-array boxes (``validation.is_box``), which keep
   the leaves' order."""
   flat, defs = [], []
@@ -165,11 +200,12 @@ def _per_leaf(leaf_step, treedef, g_leaves, moments, p_leaves, wd_leaves):
     leaves, tdef = jax.tree.flatten(tree, is_leaf=_none_or_stored)
     flat.append([None] * len(g_leaves) if tree is None else leaves)
     defs.append(None if tree is None else tdef)
+  width = len(moments) + 1
   outs = [
-    (None, None, None, None) if g is None else leaf_step(g, ms, p, wd)
+    (None,) * width if g is None else leaf_step(g, ms, p, wd)
     for g, *ms, p, wd in zip(g_leaves, *flat, p_leaves, wd_leaves, strict=True)
   ]
-  columns = list(zip(*outs, strict=True)) if outs else [()] * 4
+  columns = list(zip(*outs, strict=True)) if outs else [()] * width
   u = treedef.unflatten(list(columns[0]))
   return u, *(
     None if tdef is None else tdef.unflatten(list(col))
@@ -186,7 +222,7 @@ def check_state(cfg: Config, updates: Any, state: Any) -> None:
   configuration makes (or optax's ``init`` of its namesake: the same class)
   for parameters like ``updates``, in any of the layouts ``init`` gives
   (per leaf or packed, boxed or not)."""
-  expected = states.state_class(bool(cfg.amsgrad), cfg.skip_nonfinite)
+  expected = states.state_class(cfg)
   if not isinstance(state, expected):
     raise TypeError(
       f"state must be the {_class_name(expected)} that init returns for"
@@ -194,11 +230,13 @@ def check_state(cfg: Config, updates: Any, state: Any) -> None:
       " another optimizer, or with other amsgrad/skip_nonfinite options? Call"
       " init with this optimizer."
     )
+  field = states.tree_field(state)
   validation.check_tree_matches(
-    "updates", updates, "state.mu", packing.logical(state.mu)
+    "updates", updates, f"state.{field}", packing.logical(getattr(state, field))
   )
-  for field, dtype in (("mu", cfg.mu_dtype), ("nu", cfg.nu_dtype)):
-    if dtype is None:
+  checks = (("mu", cfg.mu_dtype), ("m1", cfg.mu_dtype), ("nu", cfg.nu_dtype))
+  for field, dtype in checks:
+    if dtype is None or field not in state._fields:
       continue
     # 8-bit storage keeps small leaves in float32.
     if dtype == storage.INT8:
@@ -224,7 +262,7 @@ def _class_name(cls: type) -> str:
 
 
 def _described_state(state: Any) -> str:
-  if isinstance(state, states.ADAM_STATES):
+  if states.is_adam_state(state):
     return f"{_class_name(type(state))} with fields {state._fields}"
   return f"a {_class_name(type(state))}"
 
@@ -254,10 +292,10 @@ def _coupled_decay(cfg: Config, state, params, treedef, n: int):
     return [None] * n, [None] * n
   validation.check_params(
     params,
-    "weight_decay (coupled L2)",
-    "weight_decay=None",
-    "state.mu",
-    packing.logical(state.mu),
+    "weight_decay (decoupled)" if cfg.decoupled else "weight_decay (coupled L2)",
+    "weight_decay=0.0" if cfg.decoupled else "weight_decay=None",
+    f"state.{states.tree_field(state)}",
+    packing.logical(getattr(state, states.tree_field(state))),
   )
   count = state.count
   wd = cfg.weight_decay(count) if callable(cfg.weight_decay) else cfg.weight_decay
@@ -284,6 +322,11 @@ def scale_by_adam(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  cautious: bool = False,
+  update_clipping: bool = False,
+  atan2: bool = False,
+  atan2_a: jax.typing.ArrayLike = 1.27,
+  atan2_b: jax.typing.ArrayLike = 1.0,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by the Adam rule (Kingma & Ba, 2015, Algorithm 1).
 
@@ -324,6 +367,27 @@ def scale_by_adam(
     :math:`\sqrt{v_t}`; it weighs :math:`1/\sqrt{1-\beta_2^t}` times more
     than the default early in training.
 
+  Three options of the modern Adam family act on the step :math:`u_t`
+  itself (each keeps optax's state; see the variants guide):
+
+  * ``atan2=True`` (Adam-atan2, Everett et al., 2024): :math:`u_t = a\,
+    \operatorname{atan2}(\hat m_t, b \sqrt{\hat v_t})` with :math:`a, b`
+    the ``atan2_a``, ``atan2_b``: no :math:`\varepsilon` (``eps`` and
+    ``eps_root`` are unused), invariant to the gradient's scale, and
+    :math:`|u_t| \le a\pi/2`.
+  * ``update_clipping=True`` (StableAdamW, Wortsman et al., 2023): each
+    tensor's step is divided by :math:`\max(1, \mathrm{RMS}_t)`,
+    :math:`\mathrm{RMS}_t = \sqrt{\operatorname{mean}(g_t^2 / \max(\hat
+    v_t, \varepsilon^2))}`, which damps the steps of a tensor whose
+    gradient jumped far beyond its second moment (loss spikes).
+  * ``cautious=True`` (Liang et al., 2024): :math:`u_t \leftarrow u_t \odot
+    \phi_t \cdot n / (\sum \phi_t + 1)` with :math:`\phi_t = [u_t g_t >
+    0]` and :math:`n` the tensor's size: no step against the current
+    gradient, the rest scaled up to keep the step's size.
+
+  The last two read statistics of whole tensors, so they keep one array per
+  leaf (``pack_small_leaves`` does not apply).
+
   Args:
     b1: decay rate :math:`\beta_1` of the first moment, in [0, 1).
     b2: decay rate :math:`\beta_2` of the second moment, in [0, 1).
@@ -358,6 +422,15 @@ def scale_by_adam(
       numbers, faster on trees of many leaves (see :func:`adam`).
     int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
       fewer elements keep float32 moments.
+    cautious: mask the step where it disagrees in sign with the gradient.
+    update_clipping: StableAdamW's per-tensor update clipping.
+    atan2: Adam-atan2's bounded step instead of the division by
+      :math:`\sqrt{\hat v_t} + \varepsilon`.
+    atan2_a: the scale :math:`a > 0` of Adam-atan2's step (1.27, as
+      adam-atan2-pytorch; :math:`4/\pi \approx 1.273` makes it match Adam's
+      step at :math:`|\hat m_t| = \sqrt{\hat v_t}`).
+    atan2_b: the scale :math:`b > 0` of :math:`\sqrt{\hat v_t}` inside
+      Adam-atan2's ``atan2``.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is optax's own
@@ -395,10 +468,69 @@ def scale_by_adam(
 
     Reddi, Kale & Kumar, `On the Convergence of Adam and Beyond
     <https://openreview.net/forum?id=ryQu7f-RZ>`_, ICLR 2018.
+
+    Everett et al., `Scaling Exponents Across Parameterizations and Optimizers
+    <https://arxiv.org/abs/2407.05872>`_, ICML 2024 (Adam-atan2).
+
+    Wortsman et al., `Stable and low-precision training for large-scale
+    vision-language models <https://arxiv.org/abs/2304.13013>`_, NeurIPS 2023
+    (StableAdamW).
+
+    Liang et al., `Cautious Optimizers: Improving Training with One Line of
+    Code <https://arxiv.org/abs/2411.16085>`_, 2024.
   """
+  return adam_family(
+    adam_config(
+      b1,
+      b2,
+      eps,
+      eps_root,
+      mu_dtype,
+      nesterov=nesterov,
+      nu_dtype=nu_dtype,
+      amsgrad=amsgrad,
+      maximize=maximize,
+      bias_correction=bias_correction,
+      eps_hat=eps_hat,
+      weight_decay=weight_decay,
+      mask=mask,
+      skip_nonfinite=skip_nonfinite,
+      pack_small_leaves=pack_small_leaves,
+      int8_min_size=int8_min_size,
+      cautious=cautious,
+      update_clipping=update_clipping,
+      atan2=atan2,
+      atan2_a=atan2_a,
+      atan2_b=atan2_b,
+    )
+  )
+
+
+def adam_config(
+  b1,
+  b2,
+  eps,
+  eps_root,
+  mu_dtype,
+  *,
+  nesterov=False,
+  nu_dtype=None,
+  amsgrad=False,
+  maximize=False,
+  bias_correction=True,
+  eps_hat=False,
+  weight_decay=None,
+  mask=None,
+  skip_nonfinite=False,
+  pack_small_leaves=True,
+  int8_min_size=storage.INT8_MIN_SIZE,
+  **variants: Any,
+) -> Config:
+  """The checked :class:`Config` of :func:`scale_by_adam`'s arguments, plus
+  the variant fields of ``Config`` that aliases set (``variants``)."""
   validation.check_bool("amsgrad", amsgrad)  # before it becomes a mode string
   validation.check_bool("bias_correction", bias_correction)  # under its own name
-  cfg = checked_config(
+  return checked_config(
     b1,
     b2,
     eps,
@@ -416,5 +548,5 @@ def scale_by_adam(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    **variants,
   )
-  return adam_family(cfg)

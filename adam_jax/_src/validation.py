@@ -23,6 +23,7 @@ DECAY = "a number in [0, 1)"
 NON_NEGATIVE = "a finite number >= 0"
 SCHEDULE = "a finite number >= 0 or a schedule (a function of the step count)"
 BOOL = "a bool (True or False)"
+POSITIVE = "a finite number > 0"
 
 
 def _describe(value: Any) -> str:
@@ -162,6 +163,34 @@ def _check_mask_flags(name: str, tree: Any) -> None:
       )
 
 
+def check_interpolation(name: str, value: Any) -> None:
+  """Checks schedule-free's ``b1``: ``0 < value < 1`` (it divides by it)."""
+  allowed = "a number in (0, 1)"
+  x = _concrete_scalar(name, value, allowed)
+  if x is not None and not (math.isfinite(x) and 0.0 < x < 1.0):
+    _fail(ValueError, name, value, allowed)
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Checks a finite scalar > 0 (Adam-atan2's scales)."""
+  x = _concrete_scalar(name, value, POSITIVE)
+  if x is not None and not (math.isfinite(x) and x > 0.0):
+    _fail(ValueError, name, value, POSITIVE)
+
+
+def check_decay_or_schedule(name: str, value: Any) -> None:
+  """A decay rate in [0, 1) or a schedule of the step count (AdEMAMix's b3)."""
+  if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
+    check_scalar_or_schedule(name, value)  # the schedule's signature
+    return
+  check_decay(name, value)
+
+
+def check_combination(option: str, other: str, why: str) -> None:
+  """Refuses two options that do not combine."""
+  raise ValueError(f"{option} cannot be combined with {other}: {why}.")
+
+
 def check_unused(name: str, value: Any, default: Any, needs: str) -> None:
   """Rejects an option set away from its default where it has no effect."""
   unused = value is None if default is None else value == default
@@ -197,6 +226,18 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
   if not ok:
     hint = " (8-bit storage is the string 'int8')" if dtype == jnp.int8 else ""
     _fail(TypeError, name, value, allowed, f" (dtype {dtype}){hint}")
+  return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def float_dtype(name: str, value: Any) -> Any:
+  """Canonicalizes a float dtype argument (schedule-free's ``state_dtype``)."""
+  allowed = "a float dtype such as jnp.float32 or jnp.bfloat16"
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    _fail(TypeError, name, value, allowed, " (not a dtype)")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    _fail(TypeError, name, value, allowed, f" (dtype {dtype})")
   return jax.dtypes.canonicalize_dtype(dtype)
 
 

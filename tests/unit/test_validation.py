@@ -34,6 +34,11 @@ PUBLIC = [
   "adamax",
   "scale_by_adam",
   "averaged_params",
+  "adamaxw",
+  "adopt",
+  "ademamix",
+  "radam",
+  "schedule_free_adamw",
 ]
 
 # The kind of every argument of every public function.
@@ -47,6 +52,10 @@ SIZE = "size"
 ROUNDING = "rounding"
 MASK = "mask"
 STATE = "state"
+POSITIVE = "positive"
+FUNCTION = "function"
+INTERPOLATION = "interpolation"
+FLOAT_DTYPE = "float_dtype"
 KINDS = {
   "learning_rate": RATE,
   "weight_decay": RATE,
@@ -62,7 +71,18 @@ KINDS = {
   "param_rounding": ROUNDING,
   "mask": MASK,
   "opt_state": STATE,
+  "atan2_a": POSITIVE,
+  "atan2_b": POSITIVE,
+  "b3": DECAY,
+  "alpha": RATE,
+  "threshold": NON_NEGATIVE,
+  "weight_lr_power": NON_NEGATIVE,
+  "warmup_steps": SIZE,
+  "clip_value_fn": FUNCTION,
+  "state_dtype": FLOAT_DTYPE,
 }
+# Arguments whose kind depends on the function.
+OVERRIDES = {("schedule_free_adamw", "b1"): INTERPOLATION}
 for _switch in (
   "nesterov",
   "amsgrad",
@@ -74,6 +94,10 @@ for _switch in (
   "decouple_lr",
   "skip_nonfinite",
   "pack_small_leaves",
+  "cautious",
+  "update_clipping",
+  "atan2",
+  "use_clipping",
 ):
   KINDS[_switch] = SWITCH
 
@@ -88,6 +112,10 @@ ALLOWED = {
   SIZE: "a Python int >= 0",
   ROUNDING: "one of ('kahan',)",
   MASK: "a Python bool",
+  POSITIVE: "a finite number > 0",
+  FUNCTION: "a function of the step count",
+  INTERPOLATION: "a number in (0, 1)",
+  FLOAT_DTYPE: "a float dtype",
 }
 
 # (bad value, exception, a fragment of how the message shows the value)
@@ -175,12 +203,38 @@ BAD_VALUES = {
 }
 for _kind in (RATE, DECAY):
   BAD_VALUES[_kind].append((None, TypeError, "None"))
+BAD_VALUES[POSITIVE] = [
+  *NUMBER_VALUES,
+  (0.0, ValueError, "0.0"),
+  (-1.0, ValueError, "-1.0"),
+  (None, TypeError, "None"),
+]
+BAD_VALUES[FUNCTION] = [
+  (0.25, TypeError, "0.25"),
+  ("sqrt", TypeError, "'sqrt'"),
+  (None, TypeError, "None"),
+]
+BAD_VALUES[INTERPOLATION] = [
+  *BAD_VALUES[DECAY],
+  (0.0, ValueError, "0.0"),
+]
+BAD_VALUES[FLOAT_DTYPE] = [
+  (jnp.int32, TypeError, "int32"),
+  ("int8", TypeError, "'int8'"),
+  ("bogus", TypeError, "'bogus'"),
+  (jnp.complex64, TypeError, "complex64"),
+]
+
+
+def kind_of(name, arg):
+  return OVERRIDES.get((name, arg), KINDS[arg])
 
 
 def _none_means_off(name, arg):
   """None is not a bad value where it switches an option off."""
-  decoupled = name in ("adamw", "nadamw")
-  return arg == "average_decay" or (arg == "weight_decay" and not decoupled)
+  decoupled = name in ("adamw", "nadamw", "adamaxw", "ademamix", "schedule_free_adamw")
+  off = ("average_decay", "warmup_steps", "state_dtype")
+  return arg in off or (arg == "weight_decay" and not decoupled)
 
 
 def _signature(name):
@@ -193,7 +247,7 @@ def _rows():
     for arg in _signature(name):
       if KINDS[arg] == STATE:
         continue  # averaged_params: its own test below
-      for value, error, shown in BAD_VALUES[KINDS[arg]]:
+      for value, error, shown in BAD_VALUES[kind_of(name, arg)]:
         if not (value is None and _none_means_off(name, arg)):
           rows.append((name, arg, value, error, shown))
   return rows
@@ -227,12 +281,12 @@ def _check_message(message, *words):
 )
 def test_invalid_hyperparameter(name, arg, value, error, shown):
   kwargs = {arg: value}
-  if arg == "mask" and name in ("adam", "adamax", "scale_by_adam"):
+  if arg == "mask" and name in ("adam", "adamax", "scale_by_adam", "adopt", "radam"):
     kwargs["weight_decay"] = 0.1
   with pytest.raises(error) as info:
     getattr(adam_jax, name)(**kwargs)
   message = str(info.value)
-  _check_message(message, arg, shown, ALLOWED[KINDS[arg]])
+  _check_message(message, arg, shown, ALLOWED[kind_of(name, arg)])
   if KINDS[arg] != MASK:
     assert f"{arg}=" in message, message
 

@@ -35,7 +35,7 @@ STEPS = 25
 
 
 def _alpha(count):
-  return 5.0 * jnp.asarray(0.99, jnp.float32) ** count
+  return 5.0 * jnp.asarray(0.99, jnp.float32) ** jnp.asarray(count, jnp.float32)
 
 
 def _b3(count):
@@ -76,15 +76,22 @@ DROP_INS = {
 
 
 def _run(tx, params, grads, state=None, reference=False):
+  """Jitted steps of ``tx`` over ``grads``: every step's parameters and the
+  last state (optax, the ``reference``, under standard promotion)."""
   state = tx.init(params) if state is None else state
+
+  @jax.jit
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
   out = []
   for g in grads:
     if reference:
       with optax_mode():
-        u, state = tx.update(g, state, params)
+        params, state = step(params, state, g)
     else:
-      u, state = tx.update(g, state, params)
-    params = optax.apply_updates(params, u)
+      params, state = step(params, state, g)
     out.append(params)
   return out, state
 

@@ -86,7 +86,9 @@ def adopt(
     nesterov: Nesterov's look-ahead, :math:`u_t = -\alpha_t (\beta_1 m_t +
       (1-\beta_1) \operatorname{clip}(\cdot))`, as in optax.
     use_clipping: clip the normalized gradient at :math:`c_t`.
-    clip_value_fn: :math:`c_t` as a function of the count before the step.
+    clip_value_fn: :math:`c_t` as a function of the count before the step
+      (or a constant clip value >= 0, which is what
+      ``optax.inject_hyperparams`` passes).
     nu_dtype: storage dtype of :math:`v_t` (as in :func:`scale_by_adam`).
     weight_decay: coupled L2 coefficient (added to the gradient before both
       moments, as pytorch-optimizer's default), or ``None``.
@@ -120,11 +122,7 @@ def adopt(
   """
   validation.check_scalar_or_schedule("learning_rate", learning_rate)
   validation.check_bool("use_clipping", use_clipping)
-  if not callable(clip_value_fn):
-    raise TypeError(
-      "clip_value_fn must be a function of the step count returning the clip"
-      f" value, got clip_value_fn={clip_value_fn!r}."
-    )
+  clip = _clip_function(clip_value_fn)
   cfg = transform.adam_config(
     b1,
     b2,
@@ -141,7 +139,7 @@ def adopt(
     int8_min_size=int8_min_size,
     cautious=cautious,
     adopt=True,
-    adopt_clip=clip_value_fn if use_clipping else None,
+    adopt_clip=clip if use_clipping else None,
   )
   return alias.chain_of(
     transform.adam_family(cfg),
@@ -149,6 +147,17 @@ def adopt(
     skip_nonfinite=skip_nonfinite,
     param_rounding=param_rounding,
   )
+
+
+def _clip_function(clip_value_fn: Any) -> Callable[[jax.Array], Any]:
+  """ADOPT's clip as a function of the count. A number (or array) is a
+  constant clip: ``optax.inject_hyperparams`` evaluates a function argument
+  at the count and passes its value."""
+  if callable(clip_value_fn):
+    return clip_value_fn
+  allowed = "a function of the step count, or a clip value >= 0"
+  validation.check_non_negative("clip_value_fn", clip_value_fn, allowed)
+  return lambda count: clip_value_fn
 
 
 def ademamix(

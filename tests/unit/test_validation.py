@@ -209,10 +209,11 @@ BAD_VALUES[POSITIVE] = [
   (-1.0, ValueError, "-1.0"),
   (None, TypeError, "None"),
 ]
-BAD_VALUES[FUNCTION] = [
-  (0.25, TypeError, "0.25"),
+BAD_VALUES[FUNCTION] = [  # a number is a constant clip (inject_hyperparams')
   ("sqrt", TypeError, "'sqrt'"),
   (None, TypeError, "None"),
+  (-1.0, ValueError, "-1.0"),
+  (float("nan"), ValueError, "nan"),
 ]
 BAD_VALUES[INTERPOLATION] = [
   *BAD_VALUES[DECAY],

@@ -299,3 +299,27 @@ def test_stable_adamw_scales_the_decay_with_the_clip():
   np.testing.assert_allclose(
     np.asarray(u), np.asarray(u_ref) - 0.1 * 0.5 * p * scale, rtol=1e-5
   )
+
+
+@pytest.mark.parametrize(
+  "factory,kwargs",
+  [
+    (adam_jax.adopt, {}),
+    (adam_jax.ademamix, dict(b3=0.999, alpha=2.0)),
+    (adam_jax.radam, dict(threshold=4.0)),
+    (adam_jax.adamaxw, {}),
+    (adam_jax.schedule_free_adamw, {}),
+    (adam_jax.adamw, dict(atan2=True, atan2_a=1.0)),
+    (adam_jax.adam, dict(update_clipping=True, cautious=True)),
+  ],
+  ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_every_variant_takes_inject_hyperparams(factory, kwargs):
+  """Numbers become traced arrays (ADOPT's clip function, which
+  inject_hyperparams evaluates at the count, arrives as its value) and the
+  jitted steps match the plain optimizer's to float32 rounding."""
+  injected = optax.inject_hyperparams(factory)(learning_rate=0.1, **kwargs)
+  grads = gradient_steps(PARAMS, 4, seed=2)
+  p_inj, _ = _run(injected, PARAMS, grads)
+  p_ref, _ = _run(factory(0.1, **kwargs), PARAMS, grads)
+  assert max_relative_difference(p_inj[-1], p_ref[-1]) <= 1e-5

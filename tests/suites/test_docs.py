@@ -1,6 +1,6 @@
 """Builds the documentation site as CI does: ``sphinx -W --keep-going``, every
 reference to an adam_jax name resolved (nitpicky), every page and guide cell
-executed, and the six notebooks executed in their quick mode.
+executed, and the seven notebooks executed in their quick mode.
 
 This build is also the notebooks' test: a cell that raises fails it, and each
 notebook's page must show a figure. One execution serves both.
@@ -47,7 +47,7 @@ def test_the_site_builds_without_warnings_and_has_every_page(site):
   for page in ("index", "getting_started", "api", "changelog", "examples/index"):
     _text(site / f"{page}.html")
   assert {"reproducing", "low_memory", "sharding", "guarantees"} <= set(GUIDES)
-  assert {"optax_differences", "performance"} <= set(GUIDES)
+  assert {"optax_differences", "performance", "variants"} <= set(GUIDES)
   for guide in GUIDES:
     _text(site / "guides" / f"{guide}.html")
   for name in adam_jax.__all__:

@@ -24,7 +24,6 @@ Zero gradients in float16 and bfloat16 give finite (zero) updates: no NaN.
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ import pytest
 from tests._variants import VARIANTS
 from tests.suites.test_guarantees import EXTREMES
 from tests.suites.test_guarantees import SLACK
+from tests.suites.test_guarantees import _run_updates
 from tests.suites.test_guarantees import bound
 from tests.suites.test_guarantees import weights
 
@@ -66,14 +66,7 @@ def step_bounds(name):
 
 
 def _run(tx, grads):
-  params = jnp.zeros(grads.shape[1:], grads.dtype)
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  out = []
-  for g in grads:
-    u, state = step(g, state, params)
-    out.append(np.asarray(u, np.float64))
-  return np.stack(out)
+  return _run_updates(tx, grads)[0]
 
 
 @settings(max_examples=30, deadline=None)

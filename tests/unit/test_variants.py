@@ -5,7 +5,8 @@
   classes included, and an optax-made state stepped here;
 * ``cautious``, ``update_clipping`` and ``atan2`` against float64 NumPy
   transcriptions of the papers' formulas;
-* every variant with 8-bit moments and with ``skip_nonfinite``;
+* every variant with 8-bit moments, with ``skip_nonfinite`` and under
+  ``optax.inject_hyperparams``; the variants' own states through Orbax;
 * the combinations that are refused, with messages naming both options.
 
 Step-for-step parity over 200 steps with PyTorch implementations and optax
@@ -21,6 +22,7 @@ import optax.contrib
 import pytest
 
 import adam_jax
+from tests._trees import assert_trees_equal
 from tests._trees import gradient_steps
 from tests._trees import max_relative_difference
 from tests._variants import NO_STORAGE
@@ -323,3 +325,32 @@ def test_every_variant_takes_inject_hyperparams(factory, kwargs):
   p_inj, _ = _run(injected, PARAMS, grads)
   p_ref, _ = _run(factory(0.1, **kwargs), PARAMS, grads)
   assert max_relative_difference(p_inj[-1], p_ref[-1]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["ademamix", "schedule-free-adamw", "adopt-cautious"])
+def test_orbax_round_trip_resumes_bit_identically(tmp_path, name):
+  """The variants' own states (AdEMAMix's slow moment, schedule-free's
+  wrapper, 8-bit moments) saved with Orbax, restored into ``eval_shape(init)``'s
+  structure, and resumed bit for bit."""
+  ocp = pytest.importorskip("orbax.checkpoint")
+  tx = VARIANTS[name](1e-2, mu_dtype="int8", nu_dtype="int8", skip_nonfinite=True)
+  grads = gradient_steps(BIG, 4, seed=4)
+
+  @jax.jit
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  p, s = BIG, tx.init(BIG)
+  for g in grads[:2]:
+    p, s = step(p, s, g)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "ckpt", s)
+  with ocp.StandardCheckpointer() as ckpt:
+    restored = ckpt.restore(tmp_path / "ckpt", jax.eval_shape(tx.init, BIG))
+  assert jax.tree.structure(restored) == jax.tree.structure(s)
+  q, r = p, restored
+  for g in grads[2:]:
+    p, s = step(p, s, g)
+    q, r = step(q, r, g)
+  assert_trees_equal((q, r), (p, s))

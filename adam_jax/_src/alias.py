@@ -238,16 +238,23 @@ def chain_of(
     new_updates, new_state = chain.update(updates, state, params, **extra_args)
     if not skip_nonfinite:
       return new_updates, new_state
-    finite = transform.all_finite(jax.tree.leaves(updates))
-
-    def keep(new, old):
-      return jnp.where(finite, new, old)
-
-    rest = jax.tree.map(keep, tuple(new_state[1:]), tuple(state[1:]))
-    zero = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
-    return zero, (new_state[0], *rest)
+    return skip_after_adam(updates, new_updates, new_state, state)
 
   return optax.GradientTransformationExtraArgs(chain.init, update_fn)
+
+
+def skip_after_adam(grads, updates, new_state, old_state):
+  """A chain's step skipped when a gradient element is NaN or infinite: zero
+  updates and ``old_state``, except ``new_state[0]``, the Adam state, which
+  skipped the step itself (and counted it). Decided on the device."""
+  finite = transform.all_finite(jax.tree.leaves(grads))
+
+  def keep(new, old):
+    return jnp.where(finite, new, old)
+
+  rest = jax.tree.map(keep, tuple(new_state[1:]), tuple(old_state[1:]))
+  zero = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), updates)
+  return zero, (new_state[0], *rest)
 
 
 def adam(

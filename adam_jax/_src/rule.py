@@ -254,18 +254,23 @@ def _update_rms(clock: Clock, gc, v_new):
   """StableAdamW's divisor ``max(1, sqrt(mean(g^2 / max(v_hat, eps^2))))``."""
   cfg = clock.cfg
   rdt = gc.dtype
-  v_hat = v_new
-  if cfg.bias_correction_nu:
-    tc = clock.t.astype(rdt)
-    _, _, bc2 = ema_coefficients(cast_hyperparameter(cfg.b2, rdt), tc)
-    v_hat = v_new / bc2
+  _, _, bc2 = ema_coefficients(cast_hyperparameter(cfg.b2, rdt), clock.t.astype(rdt))
   eps = cast_hyperparameter(cfg.eps, rdt)
   floor = jnp.maximum(jnp.asarray(eps * eps, rdt), jnp.finfo(rdt).tiny)
   # Both sides saturated: an overflowed g^2 or v_hat gives a large (or
   # infinite, clipping the step to 0) ratio, never inf / inf = NaN.
   big = float(jnp.finfo(rdt).max)
-  ratio = jnp.minimum(abs_sq(gc), big) / jnp.clip(v_hat, floor, big)
+  v_hat = jnp.maximum(_corrected_second(cfg, v_new, bc2, rdt), floor)
+  ratio = jnp.minimum(abs_sq(gc), big) / v_hat
   return jnp.maximum(jnp.sqrt(jnp.mean(ratio)), 1)
+
+
+def _corrected_second(cfg: Config, v, bc2, rdt):
+  """``v_hat``: ``v / (1 - b2^t)`` (``v`` without bias correction), at most
+  the dtype's largest value: ``sqrt(inf)`` would turn ``m_hat / inf`` into 0
+  (``v_hat >= 0``: one side)."""
+  v_hat = v / bc2 if cfg.bias_correction_nu else v
+  return jnp.minimum(v_hat, float(jnp.finfo(rdt).max))
 
 
 def _atan2_ratio(cfg: Config, m_hat, v_new, bc2, rdt):
@@ -273,8 +278,7 @@ def _atan2_ratio(cfg: Config, m_hat, v_new, bc2, rdt):
   ``a * pi / 2`` and scale-invariant, with no ``eps``."""
   a = cast_hyperparameter(cfg.atan2_a, rdt)
   b = cast_hyperparameter(cfg.atan2_b, rdt)
-  v_hat = v_new / bc2 if cfg.bias_correction_nu else v_new
-  v_hat = jnp.minimum(v_hat, float(jnp.finfo(rdt).max))
+  v_hat = _corrected_second(cfg, v_new, bc2, rdt)
   return a * jnp.arctan2(m_hat, b * jnp.sqrt(v_hat))
 
 
@@ -406,9 +410,7 @@ def _denominator(cfg: Config, v_new, v_max, bc2, rdt):
     if cfg.bias_correction_nu:
       denom = denom / jnp.sqrt(bc2)
     return denom, v_max_new
-  v_hat = v_used / bc2 if cfg.bias_correction_nu else v_used
-  # sqrt(inf) would turn m_hat / inf into 0 (v_hat >= 0: one side).
-  v_hat = jnp.minimum(v_hat, float(jnp.finfo(rdt).max))
+  v_hat = _corrected_second(cfg, v_used, bc2, rdt)
   if cfg.amsgrad == "corrected":
     v_max_new = v_hat = jnp.maximum(v_max.astype(rdt), v_hat)
   return jnp.sqrt(v_hat + eps_root) + eps, v_max_new

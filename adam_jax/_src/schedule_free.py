@@ -244,26 +244,18 @@ def _interpolated_update(y, z_old, z_new, b1, ck):
 
 
 def _skipped(grads, updates, new, old):
-  """Zero updates and the old state (but the base's count of skipped steps)
-  when any gradient element is non-finite."""
-  finite = transform.all_finite(jax.tree.leaves(grads))
-
-  def keep(a, b):
-    return jnp.where(finite, a, b)
-
-  kept = jax.tree.map(
-    keep,
-    new._replace(base_optimizer_state=None),
-    old._replace(base_optimizer_state=None),
+  """Zero updates and the old state (but the base's Adam state, which skipped
+  the step itself and counted it) when any gradient element is non-finite:
+  :func:`alias.skip_after_adam` with the wrapper's own fields beside the base
+  chain's other states."""
+  base, old_base = new.base_optimizer_state, old.base_optimizer_state
+  zero, (_, kept) = alias.skip_after_adam(
+    grads,
+    updates,
+    (base[0], new._replace(base_optimizer_state=base[1:])),
+    (old_base[0], old._replace(base_optimizer_state=old_base[1:])),
   )
-  updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), updates)
-  base_state = (
-    new.base_optimizer_state[0],
-    *jax.tree.map(
-      keep, tuple(new.base_optimizer_state[1:]), tuple(old.base_optimizer_state[1:])
-    ),
-  )
-  return updates, kept._replace(base_optimizer_state=base_state)
+  return zero, kept._replace(base_optimizer_state=(base[0], *kept.base_optimizer_state))
 
 
 def _lowest_dtype(params: Any) -> Any:

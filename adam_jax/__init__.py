@@ -29,6 +29,8 @@ from adam_jax._src.state import ScaleByAdamState as ScaleByAdamState
 from adam_jax._src.state import ScaleByAdemamixSkipState as ScaleByAdemamixSkipState
 from adam_jax._src.state import ScaleByAmsgradSkipState as ScaleByAmsgradSkipState
 from adam_jax._src.state import ScaleByRmsSkipState as ScaleByRmsSkipState
+from adam_jax._src.storage.factored import FactoredMoment as FactoredMoment
+from adam_jax._src.storage.int4 import Int4Moment as Int4Moment
 from adam_jax._src.storage.int8 import QuantizedMoment as QuantizedMoment
 from adam_jax._src.storage.int8 import code_map as code_map
 from adam_jax._src.transform import scale_by_adam as scale_by_adam
@@ -39,6 +41,8 @@ from adam_jax._src.variants import radam as radam
 __version__ = "0.1.0"
 
 __all__ = [
+  "FactoredMoment",
+  "Int4Moment",
   "KahanState",
   "PackedMoments",
   "ParamAverageState",

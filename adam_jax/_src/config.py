@@ -50,8 +50,12 @@ class Config:
   skip_nonfinite: bool = False
   # Store the moments of many small leaves packed into flat chunks (packing.py).
   pack_small_leaves: bool = True
-  # With mu_dtype/nu_dtype "int8": leaves with fewer elements keep float32.
+  # With coded storage ("int8", "int4", "factored"): leaves with fewer
+  # elements keep float32 moments.
   int8_min_size: int = int8.INT8_MIN_SIZE
+  # How a moment is rounded into a narrower float storage dtype: "stochastic"
+  # (unbiased, from a counter-based hash) or "nearest" (optax's cast).
+  moment_rounding: str = "stochastic"
   # ``weight_decay`` added to the step after the moments (AdamW's decoupled
   # decay) instead of to the gradient; used with ``update_clipping``, whose
   # per-tensor factor scales the decay too (StableAdamW).
@@ -146,6 +150,24 @@ def _check_variants(options: dict) -> None:
         validation.check_combination(f"{option}=True", shown, why)
 
 
+def _check_factored(nu_dtype: Any, options: dict) -> None:
+  """Refuses the options that need an elementwise second moment."""
+  if not (isinstance(nu_dtype, str) and nu_dtype == "factored"):
+    return
+  if options.get("amsgrad"):
+    validation.check_combination(
+      "nu_dtype='factored'",
+      "AMSGrad",
+      "AMSGrad keeps the elementwise maximum of v, which a factored v does not hold",
+    )
+  if options.get("norm") == "max":
+    validation.check_combination(
+      "nu_dtype='factored'",
+      "AdaMax",
+      "AdaMax's infinity norm is a running maximum, not a mean to factor",
+    )
+
+
 def checked_config(
   b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov, **options
 ) -> Config:
@@ -176,14 +198,21 @@ def checked_config(
       "int8_min_size", options["int8_min_size"]
     )
     traced = isinstance(options["int8_min_size"], jax.core.Tracer)
-    if int8.INT8 not in (mu_dtype, nu_dtype) and not traced:
+    coded = ("int8", "int4", "factored")
+    if mu_dtype not in coded and nu_dtype not in coded and not traced:
       validation.check_unused(
         "int8_min_size",
         options["int8_min_size"],
         int8.INT8_MIN_SIZE,
-        "mu_dtype='int8' or nu_dtype='int8'",
+        "a coded storage (mu_dtype='int8' or 'int4', or nu_dtype='int8',"
+        " 'int4' or 'factored')",
       )
+  if "moment_rounding" in options:
+    validation.check_choice(
+      "moment_rounding", options["moment_rounding"], ("stochastic", "nearest")
+    )
   _check_variants(options)
+  _check_factored(nu_dtype, options)
   mask = options.get("weight_decay_mask")
   validation.check_mask("mask", mask)
   if options.get("weight_decay") is None:

@@ -171,7 +171,7 @@ def _abstract(layout: Layout, own_dtypes: tuple, chunk_dtypes: tuple) -> Any:
 
 
 def _logical_dtype(x: Any) -> Any:
-  return jnp.dtype(jnp.float32) if storage.is_quantized(x) else jnp.result_type(x)
+  return jnp.dtype(jnp.float32) if storage.is_coded(x) else jnp.result_type(x)
 
 
 def is_packed(x: Any) -> bool:
@@ -179,7 +179,7 @@ def is_packed(x: Any) -> bool:
 
 
 def _stored(x: Any) -> bool:
-  return is_packed(x) or storage.is_quantized(x)
+  return is_packed(x) or storage.is_coded(x)
 
 
 def logical(tree: Any) -> Any:

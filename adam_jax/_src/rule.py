@@ -166,16 +166,25 @@ def leaf_step(clock: Clock, g, moments, p=None, wd=None, settle=None):
   u = variant_update(clock, u, gc, v_new, p, wd)
   return (
     u.astype(g.dtype),
-    *_stored((m_new, v_new, v_max_new, slow_new), (m, v, v_max, slow)),
+    *_stored(clock, (m_new, v_new, v_max_new, slow_new), (m, v, v_max, slow)),
   )
 
 
-def _stored(new, old):
-  """Each new moment in its stored dtype (None where there is none)."""
-  return tuple(
-    None if x is None else storage.store(x, o.dtype)
-    for x, o in zip(new, old, strict=True)
-  )
+def _stored(clock: Clock, new, old):
+  """Each new moment in its stored dtype (None where there is none). Into a
+  narrower float it is rounded stochastically (``storage.store`` with a key
+  of the step count and the moment's index), unless the configuration asks
+  for rounding to nearest."""
+  stochastic = clock.cfg.moment_rounding == "stochastic"
+  out: list[Any] = []
+  for salt, (x, o) in enumerate(zip(new, old, strict=True)):
+    if x is None:
+      out.append(None)
+      continue
+    narrower = jnp.finfo(o.dtype).bits < jnp.finfo(x.dtype).bits
+    key = storage.rounding_key(clock.t, salt) if stochastic and narrower else None
+    out.append(storage.store(x, o.dtype, key))
+  return tuple(out)
 
 
 def new_moments(clock: Clock, g, m, v, slow=None, p=None, wd=None):
@@ -339,7 +348,8 @@ def adopt_step(clock: Clock, g, m, v, p=None, wd=None, settle=None):
   if cfg.nesterov:
     u = (1 - b1) * normed + b1 * m_new
   u = variant_update(clock, u, gc, None, p, wd)
-  return (u.astype(g.dtype), *_stored((m_new, v_new, None, None), (m, v, None, None)))
+  new = _stored(clock, (m_new, v_new, None, None), (m, v, None, None))
+  return (u.astype(g.dtype), *new)
 
 
 def _gradient(cfg: Config, g, p, wd, cdt, rdt):

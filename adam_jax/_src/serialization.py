@@ -45,6 +45,8 @@ from adam_jax._src import alias
 from adam_jax._src import averaging
 from adam_jax._src import packing
 from adam_jax._src import state
+from adam_jax._src.storage import factored
+from adam_jax._src.storage import int4
 from adam_jax._src.storage import int8
 
 # How jax.export reports a type, or a serialized name, registered before
@@ -180,6 +182,18 @@ def _deserialize_packed(data: bytes) -> tuple[packing.Layout, int]:
   return layout, d["n_own"]
 
 
+def _serialize_shape_aux(aux: tuple[tuple[int, ...], Any]) -> bytes:
+  """A coded moment's static data, ``(shape, signed or axes)``, as JSON."""
+  shape, extra = aux
+  extra = extra if isinstance(extra, bool) else [int(a) for a in extra]
+  return json.dumps([[int(d) for d in shape], extra]).encode("utf-8")
+
+
+def _deserialize_shape_aux(data: bytes) -> tuple[tuple[int, ...], Any]:
+  shape, extra = json.loads(bytes(data).decode("utf-8"))
+  return tuple(shape), extra if isinstance(extra, bool) else tuple(extra)
+
+
 def _register_all() -> None:
   """Registers adam_jax's state types and the optax ones they are made of."""
   _register_once(
@@ -188,6 +202,20 @@ def _register_all() -> None:
     serialized_name="adam_jax.QuantizedMoment",
     serialize_auxdata=lambda aux: b"",  # aux is None
     deserialize_auxdata=lambda data: None,
+  )
+  _register_once(
+    export.register_pytree_node_serialization,
+    int4.Int4Moment,
+    serialized_name="adam_jax.Int4Moment",
+    serialize_auxdata=_serialize_shape_aux,
+    deserialize_auxdata=_deserialize_shape_aux,
+  )
+  _register_once(
+    export.register_pytree_node_serialization,
+    factored.FactoredMoment,
+    serialized_name="adam_jax.FactoredMoment",
+    serialize_auxdata=_serialize_shape_aux,
+    deserialize_auxdata=_deserialize_shape_aux,
   )
   _register_once(
     export.register_pytree_node_serialization,

@@ -18,6 +18,8 @@ import optax
 from adam_jax._src import packing
 from adam_jax._src import placement
 from adam_jax._src import validation
+from adam_jax._src.storage import factored
+from adam_jax._src.storage import int4
 from adam_jax._src.storage import int8
 
 
@@ -209,6 +211,13 @@ def _like(p: Any, x: Any, partition: Any) -> Any:
   if int8.is_quantized(x) and tuple(x.codes.shape) == p.shape:
     codes, scales = _split_quantized(p.sharding, p.shape, partition)
     return int8.QuantizedMoment(codes, scales)
+  if int4.is_int4(x) and x.shape == tuple(p.shape):
+    return _int4_shardings(p.sharding, x, partition)
+  if factored.is_factored(x) and x.shape == tuple(p.shape):
+    split = _split(p.sharding, x.shape, partition)
+    return factored.FactoredMoment(
+      *factored.stat_shardings(split, x.shape), x.shape, x.axes
+    )
   if isinstance(x, jax.ShapeDtypeStruct) and tuple(x.shape) == p.shape:
     return _split(p.sharding, p.shape, partition)
   if not jax.tree.leaves(x):  # e.g. optax.masked's MaskedNode: no arrays
@@ -266,3 +275,24 @@ def _split_quantized(sharding: Any, shape: tuple[int, ...], axis: Any):
     candidates.append(([a], int8.block_rows(shape)))
   codes = _split(sharding, shape, axis, candidates)
   return codes, int8.scales_sharding(codes, shape)
+
+
+def _int4_shardings(sharding: Any, x: Any, axis: Any) -> Any:
+  """Codes and scales shardings of a 4-bit moment of a parameter laid out
+  by ``sharding``, split over ``axis`` where whole blocks (block-normalized)
+  or any axis (rank-1) allow it."""
+  shape = x.shape
+  if x.rank1:
+    split = _split(sharding, shape, axis)
+  else:
+    flat = shape if shape else (1,)
+    a = int8.block_axis(flat, int4.BLOCK4)
+    candidates: list[tuple[Any, int]] = [(range(a), 1)]
+    candidates.append(([a], int8.block_rows(flat, int4.BLOCK4)))
+    split = _split(sharding, shape, axis, candidates)
+  return int4.Int4Moment(
+    int4.codes_sharding(split, shape),
+    tuple(int4.scale_shardings(split, shape, x.signed)),
+    shape,
+    x.signed,
+  )

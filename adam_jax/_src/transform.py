@@ -115,6 +115,8 @@ def _init(cfg: Config, params: Any) -> Any:
     key = mu_dtype(p), nu_dtype(p), jnp.result_type(p)
     if storage.INT8 in key and not storage.int8.flat_blocks(jnp.shape(p)):
       return None  # a flat chunk would cut its blocks otherwise
+    if storage.INT4 in key or storage.FACTORED in key:
+      return None  # rows, columns and packed pairs follow the leaf's shape
     return key
 
   def align(group):  # packed 8-bit moments align their leaves to whole blocks
@@ -153,8 +155,8 @@ def _zeros_per_leaf(params: Any, dtype_for, signed: bool) -> Any:
   def zeros(x):
     if validation.is_box(x):
       p = jax.tree.leaves(x)[0]
-      if dtype_for(p) == storage.INT8:
-        return storage.zeros(p, storage.INT8, signed)
+      if dtype_for(p) in storage.CODED:
+        return storage.zeros(p, dtype_for(p), signed)
     return jax.tree.map(lambda p: storage.zeros(p, dtype_for(p), signed), x)
 
   return jax.tree.map(zeros, params, is_leaf=_none_or_box)
@@ -214,7 +216,7 @@ def _per_leaf(leaf_step, treedef, g_leaves, moments, p_leaves, wd_leaves):
 
 
 def _none_or_stored(x: Any) -> bool:
-  return x is None or storage.is_quantized(x)
+  return x is None or storage.is_coded(x)
 
 
 def check_state(cfg: Config, updates: Any, state: Any) -> None:
@@ -238,13 +240,13 @@ def check_state(cfg: Config, updates: Any, state: Any) -> None:
   for field, dtype in checks:
     if dtype is None or field not in state._fields:
       continue
-    # 8-bit storage keeps small leaves in float32.
-    if dtype == storage.INT8:
-      allowed, shown = {storage.INT8, "float32"}, repr(dtype)
+    # Coded storage keeps small leaves in float32.
+    if dtype in storage.CODED:
+      allowed, shown = {dtype, "float32"}, repr(dtype)
     else:
       allowed = {shown := jnp.dtype(dtype).name}
     tree = getattr(state, field)
-    for path, x in validation.leaf_paths(tree, is_leaf=storage.is_quantized):
+    for path, x in validation.leaf_paths(tree, is_leaf=storage.is_coded):
       if x is None:
         continue
       stored = storage.kind(x)
@@ -322,6 +324,7 @@ def scale_by_adam(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   cautious: bool = False,
   update_clipping: bool = False,
   atan2: bool = False,
@@ -396,16 +399,24 @@ def scale_by_adam(
     eps_root: :math:`\bar\varepsilon` added inside the root, >= 0 (useful for
       meta-gradients through Adam).
     mu_dtype: storage dtype of :math:`m_t`; ``None`` keeps the parameter's.
-      ``"int8"``: block-wise dynamic 8-bit storage (Dettmers et al., 2022):
-      blocks of 256 values with a float32 absmax scale each, decoded to
-      float32 for the math and encoded again in the same step (a
-      :class:`QuantizedMoment`; see :func:`adam_jax.code_map`).
+      A narrower float than the math's is rounded stochastically (see
+      ``moment_rounding``). ``"int8"``: block-wise dynamic 8-bit storage
+      (Dettmers et al., 2022): blocks of 256 values with a float32 absmax
+      scale each, decoded to float32 for the math and encoded again in the
+      same step (a :class:`QuantizedMoment`; see :func:`adam_jax.code_map`).
+      ``"int4"``: 4-bit storage (Li et al., 2023), two codes per byte, blocks
+      of 128 values (an :class:`Int4Moment`).
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: storage dtype of :math:`v_t` (optax has no such option);
       ``None`` keeps the parameter's real dtype. E.g. ``jnp.bfloat16`` halves
       the second moment's memory; the math still runs in float32.
       ``"int8"``: block-wise 8-bit storage as for ``mu_dtype`` (unsigned
-      code map; a positive :math:`v_t` never rounds to 0).
+      code map; a positive :math:`v_t` never rounds to 0). ``"int4"``: 4
+      bits normalized by row and column maxima, on a linear map without 0
+      (Li et al., 2023). ``"factored"``: for tensors of two or more axes,
+      the means of :math:`v_t` over the two largest axes (Adafactor's
+      factorization, Shazeer & Stern, 2018; a :class:`FactoredMoment`); the
+      step reads their rank-1 reconstruction. Not with ``amsgrad``.
     amsgrad: PyTorch/Keras AMSGrad (maximum of the raw second moment).
     maximize: ascend instead of descend.
     bias_correction: divide the moments by :math:`1 - \beta^t`.
@@ -420,8 +431,16 @@ def scale_by_adam(
     pack_small_leaves: store the moments of many small leaves packed in flat
       chunks (a :class:`PackedMoments`), updated a chunk at a time: the same
       numbers, faster on trees of many leaves (see :func:`adam`).
-    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
-      fewer elements keep float32 moments.
+    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, ``"int4"``
+      or ``"factored"``, leaves with fewer elements (and, factored, leaves of
+      fewer than two axes) keep float32 moments.
+    moment_rounding: how a moment is rounded into a storage dtype narrower
+      than the math's (e.g. bfloat16 moments of bfloat16 parameters):
+      ``"stochastic"`` (the default) rounds up or down with the
+      probabilities that make the stored value unbiased, from a hash of the
+      step count and the element's position (the same on every run and
+      backend), so a bfloat16 :math:`v_t` decays at :math:`\beta_2 = 0.999`;
+      ``"nearest"`` rounds to nearest, as optax does.
     cautious: mask the step where it disagrees in sign with the gradient.
     update_clipping: StableAdamW's per-tensor update clipping.
     atan2: Adam-atan2's bounded step instead of the division by
@@ -478,6 +497,12 @@ def scale_by_adam(
 
     Liang et al., `Cautious Optimizers: Improving Training with One Line of
     Code <https://arxiv.org/abs/2411.16085>`_, 2024.
+
+    Li, Chen & Zhu, `Memory Efficient Optimizers with 4-bit States
+    <https://arxiv.org/abs/2309.01507>`_, NeurIPS 2023.
+
+    Shazeer & Stern, `Adafactor: Adaptive Learning Rates with Sublinear
+    Memory Cost <https://arxiv.org/abs/1804.04235>`_, ICML 2018.
   """
   return adam_family(
     adam_config(
@@ -497,6 +522,7 @@ def scale_by_adam(
       skip_nonfinite=skip_nonfinite,
       pack_small_leaves=pack_small_leaves,
       int8_min_size=int8_min_size,
+      moment_rounding=moment_rounding,
       cautious=cautious,
       update_clipping=update_clipping,
       atan2=atan2,
@@ -524,6 +550,7 @@ def adam_config(
   skip_nonfinite=False,
   pack_small_leaves=True,
   int8_min_size=storage.INT8_MIN_SIZE,
+  moment_rounding="stochastic",
   **variants: Any,
 ) -> Config:
   """The checked :class:`Config` of :func:`scale_by_adam`'s arguments, plus
@@ -548,5 +575,6 @@ def adam_config(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     **variants,
   )

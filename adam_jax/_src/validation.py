@@ -205,17 +205,24 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
   """Canonicalizes a moment storage dtype argument (``mu_dtype``/``nu_dtype``).
 
   Returns:
-    ``None`` (follow the parameters), ``"int8"`` (block-wise 8-bit storage)
-    or a canonical floating (or, when ``allow_complex``, complex) NumPy dtype.
+    ``None`` (follow the parameters), ``"int8"`` (block-wise 8-bit storage),
+    ``"int4"`` (4-bit storage), for the second moment (``allow_complex``
+    False) ``"factored"``, or a canonical floating (or, when
+    ``allow_complex``, complex) NumPy dtype.
   """
   if value is None:
     return None
   allowed = "None, a float dtype such as jnp.float32 or jnp.bfloat16"
   if allow_complex:
     allowed += " (or a complex dtype for complex parameters)"
-  allowed += ", or the string 'int8' (block-wise 8-bit storage)"
-  if isinstance(value, str) and value == "int8":
+  codes = ("int8", "int4") if allow_complex else ("int8", "int4", "factored")
+  allowed += ", or the string 'int8' or 'int4' (8- or 4-bit storage)"
+  if not allow_complex:
+    allowed += " or 'factored' (row and column means)"
+  if isinstance(value, str) and value in codes:
     return value
+  if isinstance(value, str) and value == "factored":
+    _fail(ValueError, name, value, allowed, " (only the second moment is factored)")
   try:
     dtype = jnp.dtype(value)
   except TypeError:
@@ -224,7 +231,9 @@ def storage_dtype(name: str, value: Any, *, allow_complex: bool) -> Any:
     allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)
   )
   if not ok:
-    hint = " (8-bit storage is the string 'int8')" if dtype == jnp.int8 else ""
+    hint = ""
+    if dtype in (jnp.int8, jnp.int4):
+      hint = f" ({dtype.name} storage is the string '{dtype.name}')"
     _fail(TypeError, name, value, allowed, f" (dtype {dtype}){hint}")
   return jax.dtypes.canonicalize_dtype(dtype)
 

@@ -56,6 +56,7 @@ POSITIVE = "positive"
 FUNCTION = "function"
 INTERPOLATION = "interpolation"
 FLOAT_DTYPE = "float_dtype"
+MOMENT_ROUNDING = "moment_rounding"
 KINDS = {
   "learning_rate": RATE,
   "weight_decay": RATE,
@@ -80,6 +81,7 @@ KINDS = {
   "warmup_steps": SIZE,
   "clip_value_fn": FUNCTION,
   "state_dtype": FLOAT_DTYPE,
+  "moment_rounding": MOMENT_ROUNDING,
 }
 # Arguments whose kind depends on the function.
 OVERRIDES = {("schedule_free_adamw", "b1"): INTERPOLATION}
@@ -116,6 +118,7 @@ ALLOWED = {
   FUNCTION: "a function of the step count",
   INTERPOLATION: "a number in (0, 1)",
   FLOAT_DTYPE: "a float dtype",
+  MOMENT_ROUNDING: "one of ('stochastic', 'nearest')",
 }
 
 # (bad value, exception, a fragment of how the message shows the value)
@@ -170,7 +173,9 @@ BAD_VALUES = {
     ("bogus", TypeError, "'bogus'"),
     (3, TypeError, "3"),
     (jnp.int8, TypeError, "the string 'int8'"),  # 8-bit storage is the string
+    (jnp.int4, TypeError, "the string 'int4'"),
     ("INT8", TypeError, "'INT8'"),
+    ("int2", TypeError, "'int2'"),
   ],
   SIZE: [
     (-1, ValueError, "-1"),
@@ -218,6 +223,12 @@ BAD_VALUES[FUNCTION] = [  # a number is a constant clip (inject_hyperparams')
 BAD_VALUES[INTERPOLATION] = [
   *BAD_VALUES[DECAY],
   (0.0, ValueError, "0.0"),
+]
+BAD_VALUES[MOMENT_ROUNDING] = [
+  ("kahan", ValueError, "'kahan'"),
+  ("Stochastic", ValueError, "'Stochastic'"),
+  (None, ValueError, "None"),
+  (True, ValueError, "True"),
 ]
 BAD_VALUES[FLOAT_DTYPE] = [
   (jnp.int32, TypeError, "int32"),

@@ -31,8 +31,8 @@ INT8_MIN_SIZE = 4096
 _DECADES = {True: 6, False: 7}
 
 
-def code_map(signed: bool) -> Any:
-  r"""The dynamic tree code map of the 8-bit storage, as float64 NumPy values.
+def code_map(signed: bool, bits: int = 8) -> Any:
+  r"""The code map of the 8-bit (or 4-bit) storage, as float64 NumPy values.
 
   A code's magnitude has a decade :math:`k` (:math:`10^{-k}`, given by its
   count of leading zero bits) and a linear fraction in the remaining bits:
@@ -42,11 +42,18 @@ def code_map(signed: bool) -> Any:
   :math:`\pm` 127 magnitudes and 0, the unsigned map (:math:`K = 7`) 255
   magnitudes and 0. Sorted ascending; ``±1`` (the block's absmax) is exact.
 
+  With ``bits=4``, the maps of the 4-bit storage (Li et al., 2023): 16
+  values each, the signed dynamic-exponent map with 3 exponent bits
+  (:math:`\pm 0.0055` to :math:`\pm 0.8875`, 0 and 1) and the unsigned
+  linear map without zero, :math:`(i + 1)/16`.
+
   Args:
     signed: the first moment's map (True) or the second moment's (False).
+    bits: 8 (the default) or 4.
 
   Returns:
-    A float64 NumPy array of the 255 (signed) or 256 (unsigned) code values.
+    A float64 NumPy array of the 255 (signed) or 256 (unsigned) code values,
+    or of 16 with ``bits=4``.
 
   Example:
     >>> import adam_jax
@@ -57,6 +64,10 @@ def code_map(signed: bool) -> Any:
     [0.0, 1e-06, 5.5e-06, 1e-05]
     >>> print(len(adam_jax.code_map(False)), adam_jax.code_map(False)[1])
     256 1e-07
+    >>> print(adam_jax.code_map(True, bits=4)[7:].round(4).tolist())
+    [0.0, 0.0055, 0.0325, 0.0775, 0.2125, 0.4375, 0.6625, 0.8875, 1.0]
+    >>> print(adam_jax.code_map(False, bits=4)[:2].tolist())
+    [0.0625, 0.125]
 
   References:
     Dettmers, Lewis, Shleifer & Zettlemoyer, `8-bit Optimizers via Block-wise
@@ -64,8 +75,18 @@ def code_map(signed: bool) -> Any:
 
     Dettmers, `8-Bit Approximations for Parallelism in Deep Learning
     <https://arxiv.org/abs/1511.04561>`_, ICLR 2016 (the dynamic tree map).
+
+    Li, Chen & Zhu, `Memory Efficient Optimizers with 4-bit States
+    <https://arxiv.org/abs/2309.01507>`_, NeurIPS 2023.
   """
   import numpy as np
+
+  if bits == 4:
+    from adam_jax._src.storage import int4  # int4 builds on this module
+
+    return int4.code_map4(signed)
+  if bits != 8:
+    raise ValueError(f"bits must be 8 or 4, got bits={bits!r}.")
 
   top = _DECADES[signed]
   mags = [0.0]
@@ -140,20 +161,20 @@ def is_quantized(x: Any) -> bool:
   return isinstance(x, QuantizedMoment)
 
 
-def block_axis(shape: tuple[int, ...]) -> int:
+def block_axis(shape: tuple[int, ...], block: int = BLOCK) -> int:
   """The first axis of the trailing axes that blocks run along: the last
   axis ``a`` with ``prod(shape[a:]) >= BLOCK`` (0 when there is none)."""
   for a in range(len(shape) - 1, -1, -1):
-    if math.prod(shape[a:]) >= BLOCK:
+    if math.prod(shape[a:]) >= block:
       return a
   return 0
 
 
-def block_rows(shape: tuple[int, ...]) -> int:
+def block_rows(shape: tuple[int, ...], block: int = BLOCK) -> int:
   """How many whole slices along :func:`block_axis` make one block: as many
   as hold at most ``BLOCK`` values together (exactly ``BLOCK`` when the
   axes after it hold a divisor of ``BLOCK``)."""
-  return max(1, BLOCK // math.prod(shape[block_axis(shape) + 1 :]))
+  return max(1, block // math.prod(shape[block_axis(shape, block) + 1 :]))
 
 
 def flat_blocks(shape: tuple[int, ...]) -> bool:
@@ -167,14 +188,14 @@ def flat_blocks(shape: tuple[int, ...]) -> bool:
   return full and (a == 0 or shape[a] % rows == 0)
 
 
-def scales_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def scales_shape(shape: tuple[int, ...], block: int = BLOCK) -> tuple[int, ...]:
   if not shape:
     return (1,)
-  a = block_axis(shape)
-  return (*shape[:a], -(-shape[a] // block_rows(shape)))
+  a = block_axis(shape, block)
+  return (*shape[:a], -(-shape[a] // block_rows(shape, block)))
 
 
-def _blocked(x: jax.Array) -> jax.Array:
+def blocked(x: jax.Array, block: int = BLOCK) -> jax.Array:
   """``x`` viewed as its blocks: ``lead + (blocks, rows) + trailing``, the
   block axis zero padded at the end (``lead + (blocks,)`` is the scales'
   shape, ``rows`` is :func:`block_rows`).
@@ -185,10 +206,10 @@ def _blocked(x: jax.Array) -> jax.Array:
   """
   shape = tuple(x.shape)
   if not shape:
-    return _blocked(x.reshape(1))
-  a, rows = block_axis(shape), block_rows(shape)
+    return blocked(x.reshape(1), block)
+  a, rows = block_axis(shape, block), block_rows(shape, block)
   blocks = -(-shape[a] // rows)
-  typed, spec = _block_layout(x, shape)
+  typed, spec = _block_layout(x, shape, block)
   if typed is not None:  # explicit mesh axes: each block on one device first
     x = jax.sharding.reshard(x, placement.on(typed, _block_friendly(spec, len(shape))))
   if blocks * rows != shape[a]:
@@ -196,38 +217,43 @@ def _blocked(x: jax.Array) -> jax.Array:
     widths[a] = (0, blocks * rows - shape[a])
     x = jnp.pad(x, widths)
   view = (*shape[:a], blocks, rows, *shape[a + 1 :])
-  return _reshape(x, view, typed, _block_friendly(spec, len(view)))
+  return reshape_on(x, view, typed, _block_friendly(spec, len(view)))
 
 
-def _unblocked(x: jax.Array, shape: tuple[int, ...], like: Any = None) -> jax.Array:
-  """The inverse of :func:`_blocked`: ``x`` (blocks) back in ``shape``, laid
+def unblocked(
+  x: jax.Array, shape: tuple[int, ...], like: Any = None, block: int = BLOCK
+) -> jax.Array:
+  """The inverse of :func:`blocked`: ``x`` (blocks) back in ``shape``, laid
   out like ``like`` (on a mesh with explicit axes)."""
   if not shape:
-    return _unblocked(x, (1,), None if like is None else like.reshape(1)).reshape(())
-  a = block_axis(shape)
-  typed, spec = (None, ()) if like is None else _block_layout(like, shape)
+    flat_like = None if like is None else like.reshape(1)
+    return unblocked(x, (1,), flat_like, block).reshape(())
+  a = block_axis(shape, block)
+  typed, spec = (None, ()) if like is None else _block_layout(like, shape, block)
   padded = (*shape[:a], x.shape[a] * x.shape[a + 1], *shape[a + 1 :])
-  x = _reshape(x, padded, typed, _block_friendly(spec, len(shape)))
+  x = reshape_on(x, padded, typed, _block_friendly(spec, len(shape)))
   if padded[a] != shape[a]:
     x = jax.lax.slice_in_dim(x, 0, shape[a], axis=a)
   return x if typed is None else jax.sharding.reshard(x, typed)
 
 
-def _per_block(scales: jax.Array, blocked: jax.Array) -> jax.Array:
+def per_block(scales: jax.Array, view: jax.Array) -> jax.Array:
   """``scales`` broadcastable against the blocked view they belong to."""
-  return scales.reshape(scales.shape + (1,) * (blocked.ndim - scales.ndim))
+  return scales.reshape(scales.shape + (1,) * (view.ndim - scales.ndim))
 
 
-def _block_layout(x: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:
+def _block_layout(
+  x: Any, shape: tuple[int, ...], block: int
+) -> tuple[Any, tuple[Any, ...]]:
   """``(typed, spec)``: ``x``'s sharding when its type carries one (else
   None) and the spec its blocks' leading axes keep (the scales')."""
   typed = placement.typed_sharding(x)
   if typed is None:
     return None, ()
-  return typed, tuple(scales_sharding(typed, shape).spec)
+  return typed, tuple(scales_sharding(typed, shape, block).spec)
 
 
-def _reshape(x: jax.Array, shape: tuple[int, ...], typed: Any, spec: P) -> jax.Array:
+def reshape_on(x: jax.Array, shape: tuple[int, ...], typed: Any, spec: P) -> jax.Array:
   """``x.reshape(shape)``; on a mesh with explicit axes (``typed``) the
   output's sharding must be named: ``spec`` on that mesh."""
   if typed is None:
@@ -247,7 +273,7 @@ def quantized_zeros(
   """A zero :class:`QuantizedMoment` of ``shape``: the codes placed at
   ``placement`` (a sharding, or None for the default placement) and the
   scales laid out to match."""
-  _warn_if_blocks_straddle(placement, shape)
+  warn_if_blocks_straddle(placement, shape)
   codes = jnp.zeros(shape, jnp.int8 if signed else jnp.uint8, device=placement)
   scales = jnp.zeros(
     scales_shape(shape), jnp.float32, device=scales_sharding(placement, shape)
@@ -255,21 +281,23 @@ def quantized_zeros(
   return QuantizedMoment(codes, scales)
 
 
-def _warn_if_blocks_straddle(sharding: Any, shape: tuple[int, ...]) -> None:
+def warn_if_blocks_straddle(
+  sharding: Any, shape: tuple[int, ...], block: int = BLOCK, what: str = "an 8-bit"
+) -> None:
   """Warns when ``sharding`` splits the block axis so that the blocked view
-  (``blocks`` x ``rows`` along it, see :func:`_blocked`) cannot be split the
+  (``blocks`` x ``rows`` along it, see :func:`blocked`) cannot be split the
   same way: neither do the shards hold whole blocks, nor does each block
   split evenly over them. XLA then gathers the moment in every step."""
   if not isinstance(sharding, jax.sharding.NamedSharding) or not shape:
     return
-  a, rows = block_axis(shape), block_rows(shape)
+  a, rows = block_axis(shape, block), block_rows(shape, block)
   blocks = -(-shape[a] // rows)
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
   pieces = placement.shards(sharding, spec[a])
   if blocks % pieces == 0 or (pieces % blocks == 0 and rows % (pieces // blocks) == 0):
     return
   warnings.warn(
-    f"an 8-bit moment of a parameter of shape {shape} laid out as"
+    f"{what} moment of a parameter of shape {shape} laid out as"
     f" {sharding.spec}: its {blocks} blocks of {rows} slices along axis {a}"
     f" do not split evenly over the {pieces} shards of that axis, so a jitted"
     " step gathers the moment. Lay that axis out over a number of shards"
@@ -279,7 +307,7 @@ def _warn_if_blocks_straddle(sharding: Any, shape: tuple[int, ...]) -> None:
   )
 
 
-def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
+def scales_sharding(sharding: Any, shape: tuple[int, ...], block: int = BLOCK) -> Any:
   """The scales follow the parameter's leading axes, and its block axis
   when each shard along it holds whole blocks; a block spread over shards
   has one scale for all of them, so the scales are not split there."""
@@ -289,9 +317,11 @@ def scales_sharding(sharding: Any, shape: tuple[int, ...]) -> Any:
     return None
   if not shape:
     return placement.named(sharding.mesh, [])
-  a = block_axis(shape)
+  a = block_axis(shape, block)
   spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-  whole = shape[a] % (placement.shards(sharding, spec[a]) * block_rows(shape)) == 0
+  whole = (
+    shape[a] % (placement.shards(sharding, spec[a]) * block_rows(shape, block)) == 0
+  )
   return placement.named(sharding.mesh, [*spec[:a], spec[a] if whole else None])
 
 
@@ -341,13 +371,13 @@ def _indices(a: jax.Array, top: int, positive: jax.Array | None) -> jax.Array:
 def dequantize(q: QuantizedMoment) -> jax.Array:
   """A :class:`QuantizedMoment` as float32 values (see :func:`quantize`)."""
   shape = q.shape
-  codes = _blocked(q.codes.astype(jnp.int32))
+  codes = blocked(q.codes.astype(jnp.int32))
   if q.signed:
     mags = _magnitudes(jnp.abs(codes), _DECADES[True])
     mags = jnp.where(codes < 0, -mags, mags)
   else:
     mags = _magnitudes(codes, _DECADES[False])
-  return _unblocked(mags * _per_block(q.scales, codes), shape, q.codes)
+  return unblocked(mags * per_block(q.scales, codes), shape, q.codes)
 
 
 def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
@@ -369,31 +399,42 @@ def quantize(xs: list[jax.Array], signed: list[bool]) -> list[QuantizedMoment]:
   through a slower library kernel).
   """
   shape = tuple(xs[0].shape)
-  blocks = [_blocked(x) for x in xs]
-  big = jnp.float32(jnp.finfo(jnp.float32).max)
-  finite = [jnp.where(jnp.abs(b) <= big, jnp.abs(b), 0) for b in blocks]
-  zero = tuple(jnp.float32(0) for _ in xs)
-  axis = tuple(range(len(scales_shape(shape)), finite[0].ndim))
-
-  def pick(acc, new):
-    return tuple(jax.lax.max(x, y) for x, y in zip(acc, new, strict=True))
-
-  scales = jax.lax.reduce(tuple(finite), zero, pick, axis)
+  blocks = [blocked(x) for x in xs]
+  scales = block_absmax(blocks, len(scales_shape(shape)))
   out = []
   for b, s, sign in zip(blocks, scales, signed, strict=True):
-    # Scaled by a power of 2 first, so that neither a huge absmax nor a tiny
-    # one leaves the normal range when XLA divides through its reciprocal.
-    pre = jnp.where(s > 2.0**100, 2.0**-100, jnp.where(s < 2.0**-100, 2.0**100, 1.0))
-    divisor = _per_block(jnp.where(s > 0, s * pre, 1), b)
-    a = (jnp.abs(b) * _per_block(pre, b)) / divisor
-    a = jnp.where(a < 1, a, jnp.where(a >= 1, 1, 0))  # NaN -> 0, inf -> 1
+    a = unit_magnitudes(b, per_block(s, b))
     index = _indices(a, _DECADES[sign], None if sign else b > 0)
     if sign:
       codes = jnp.where(b < 0, -index, index).astype(jnp.int8)
     else:
       codes = index.astype(jnp.uint8)
-    out.append(QuantizedMoment(_unblocked(codes, shape, xs[0]), s))
+    out.append(QuantizedMoment(unblocked(codes, shape, xs[0]), s))
   return out
+
+
+def block_absmax(views: list[jax.Array], lead: int) -> tuple[jax.Array, ...]:
+  """The absmax over the finite values of each block of each blocked view
+  (axes from ``lead`` on are a block's), from one variadic reduction."""
+  big = jnp.float32(jnp.finfo(jnp.float32).max)
+  finite = [jnp.where(jnp.abs(b) <= big, jnp.abs(b), 0) for b in views]
+  zero = tuple(jnp.float32(0) for _ in views)
+  axis = tuple(range(lead, finite[0].ndim))
+
+  def pick(acc, new):
+    return tuple(jax.lax.max(x, y) for x, y in zip(acc, new, strict=True))
+
+  return tuple(jax.lax.reduce(tuple(finite), zero, pick, axis))
+
+
+def unit_magnitudes(x: jax.Array, s: jax.Array) -> jax.Array:
+  """``|x| / s`` in [0, 1] for a scale ``s`` (broadcastable, >= the finite
+  ``|x|``): NaN gives 0 and an infinity 1; a zero scale divides by 1."""
+  # Scaled by a power of 2 first, so that neither a huge scale nor a tiny
+  # one leaves the normal range when XLA divides through its reciprocal.
+  pre = jnp.where(s > 2.0**100, 2.0**-100, jnp.where(s < 2.0**-100, 2.0**100, 1.0))
+  a = (jnp.abs(x) * pre) / jnp.where(s > 0, s * pre, 1)
+  return jnp.where(a < 1, a, jnp.where(a >= 1, 1, 0))  # NaN -> 0, inf -> 1
 
 
 def follow(like: Any, z: QuantizedMoment) -> QuantizedMoment:
@@ -403,9 +444,9 @@ def follow(like: Any, z: QuantizedMoment) -> QuantizedMoment:
   codes = shard_alike(like, z.codes)[1]
   typed = placement.typed_sharding(like)
   if typed is None:
-    blocked = _blocked(like)
-    first = (Ellipsis, *([0] * (blocked.ndim - z.scales.ndim)))
-    scales = shard_alike(blocked[first], z.scales)[1]
+    view = blocked(like)
+    first = (Ellipsis, *([0] * (view.ndim - z.scales.ndim)))
+    scales = shard_alike(view[first], z.scales)[1]
   else:  # explicit axes: the scales' sharding is part of their type
     scales = jnp.zeros(
       z.scales.shape, jnp.float32, out_sharding=scales_sharding(typed, z.shape)

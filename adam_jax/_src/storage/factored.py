@@ -62,7 +62,7 @@ class FactoredMoment:
     self.row = row
     self.col = col
     self.shape = tuple(shape)
-    self.axes = tuple(axes)
+    self.axes: tuple[int, int] = (int(axes[0]), int(axes[1]))
 
   def tree_flatten(self):
     return (self.row, self.col), (self.shape, self.axes)
@@ -88,7 +88,7 @@ def is_factored(x: Any) -> bool:
   return isinstance(x, FactoredMoment)
 
 
-def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+def _without(shape: tuple[Any, ...], axis: int) -> tuple[Any, ...]:
   return shape[:axis] + shape[axis + 1 :]
 
 
@@ -100,8 +100,8 @@ def stat_shardings(sharding: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
   spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
   a, b = factored_axes(shape)
   return (
-    placement.named(sharding.mesh, _without(tuple(spec), b)),
-    placement.named(sharding.mesh, _without(tuple(spec), a)),
+    placement.named(sharding.mesh, spec[:b] + spec[b + 1 :]),
+    placement.named(sharding.mesh, spec[:a] + spec[a + 1 :]),
   )
 
 
@@ -112,7 +112,7 @@ def zeros(shape: tuple[int, ...], where: Any = None) -> FactoredMoment:
   row_at, col_at = stat_shardings(where, shape)
   row = jnp.zeros(_without(shape, b), jnp.float32, device=row_at)
   col = jnp.zeros(_without(shape, a), jnp.float32, device=col_at)
-  return FactoredMoment(row, col, shape, (a, b))
+  return FactoredMoment(row, col, shape, factored_axes(shape))
 
 
 def follow(like: Any, z: FactoredMoment) -> FactoredMoment:
@@ -145,4 +145,4 @@ def factored(v: jax.Array) -> FactoredMoment:
   a, b = factored_axes(shape)
   row = jnp.sum(v * jnp.float32(1 / shape[b]), axis=b)
   col = jnp.sum(v * jnp.float32(1 / shape[a]), axis=a)
-  return FactoredMoment(row, col, shape, (a, b))
+  return FactoredMoment(row, col, shape, factored_axes(shape))

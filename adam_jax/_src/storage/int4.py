@@ -167,7 +167,7 @@ def zeros(shape: tuple[int, ...], signed: bool, where: Any = None) -> Int4Moment
     int8.warn_if_blocks_straddle(where, flat, BLOCK4, "a 4-bit")
   codes = jnp.zeros(codes_shape(shape), jnp.uint8, device=codes_sharding(where, shape))
   if _is_rank1(shape, signed):
-    lengths = [(shape[a],) for a in rank1_axes(shape)]
+    lengths: list[tuple[int, ...]] = [(shape[a],) for a in rank1_axes(shape)]
   else:
     lengths = [int8.scales_shape(flat, BLOCK4)]
   scales = tuple(

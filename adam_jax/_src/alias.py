@@ -278,6 +278,7 @@ def adam(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
   cautious: bool = False,
   update_clipping: bool = False,
@@ -314,10 +315,13 @@ def adam(
     b2: decay rate of the second moment, in [0, 1).
     eps: added to :math:`\sqrt{\hat v_t}` (outside the root), >= 0.
     eps_root: added to :math:`\hat v_t` inside the root, >= 0.
-    mu_dtype: storage dtype of the first moment (``None``: the parameter's).
+    mu_dtype: storage dtype of the first moment (``None``: the parameter's),
+      or ``"int8"``/``"int4"`` (8- or 4-bit codes; see :func:`scale_by_adam`
+      and the low-memory guide).
     nesterov: use Nesterov momentum (NAdam, Dozat 2016).
     nu_dtype: storage dtype of the second moment (``None``: the parameter's
-      real dtype). Not in optax.
+      real dtype), ``"int8"``/``"int4"``, or ``"factored"`` (Adafactor's row
+      and column means). Not in optax.
     amsgrad: PyTorch/Keras AMSGrad: the running maximum of the raw second
       moment, bias-corrected afterwards (:func:`amsgrad` is optax's variant).
     weight_decay: coupled L2 coefficient (>= 0) or schedule; needs ``params``
@@ -352,9 +356,17 @@ def adam(
       the tree). False keeps one array per leaf, as optax does: the layout
       optax can continue from. ``update`` steps a state in either layout
       (one made by optax's ``init`` too) and returns it in the one it got.
-    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, leaves with
-      fewer elements keep float32 moments (their block scales would cost more
-      than 8-bit codes save). A Python int >= 0.
+    int8_min_size: with ``mu_dtype``/``nu_dtype`` ``"int8"``, ``"int4"``
+      or ``"factored"``, leaves with fewer elements keep float32 moments
+      (their scales would cost more than the codes save). A Python int >= 0.
+    moment_rounding: how a moment is rounded into a storage dtype narrower
+      than float32 (the default for bfloat16/float16 parameters, or a
+      narrower ``mu_dtype``/``nu_dtype``): ``"stochastic"`` (the default)
+      rounds up or down with the probabilities that keep the stored moment
+      unbiased, from a hash of the step count and the element's position (no
+      key; the same on every run and backend), so that a bfloat16
+      :math:`v_t` decays at :math:`\beta_2 = 0.999`; ``"nearest"`` rounds to
+      nearest, as optax does.
     param_rounding: how updates meet low-precision (bfloat16/float16)
       parameters. ``None``: as in optax, ``apply_updates`` rounds
       :math:`\theta + u` to the parameter's dtype, losing updates below half
@@ -432,6 +444,7 @@ def adam(
       skip_nonfinite=skip_nonfinite,
       pack_small_leaves=pack_small_leaves,
       int8_min_size=int8_min_size,
+      moment_rounding=moment_rounding,
       cautious=cautious,
       update_clipping=update_clipping,
       atan2=atan2,
@@ -468,6 +481,7 @@ def adamw(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
   cautious: bool = False,
   update_clipping: bool = False,
@@ -523,6 +537,8 @@ def adamw(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -581,6 +597,7 @@ def adamw(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     cautious=cautious,
     atan2=atan2,
     atan2_a=atan2_a,
@@ -630,6 +647,7 @@ def nadam(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with Nesterov momentum, a drop-in for ``optax.nadam``.
@@ -666,6 +684,7 @@ def nadam(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     param_rounding=param_rounding,
   )
 
@@ -685,6 +704,7 @@ def nadamw(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdamW: :func:`adamw` with Nesterov momentum, a drop-in for ``optax.nadamw``.
@@ -722,6 +742,7 @@ def nadamw(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     param_rounding=param_rounding,
   )
 
@@ -739,6 +760,7 @@ def amsgrad(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad with optax's semantics, a drop-in for :func:`optax.amsgrad`.
@@ -772,6 +794,8 @@ def amsgrad(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -803,6 +827,7 @@ def amsgrad(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
   )
   return chain_of(
     transform.adam_family(cfg),
@@ -826,6 +851,7 @@ def adamax(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax (Kingma & Ba, 2015, §7.1), a drop-in for :func:`optax.adamax`.
@@ -859,6 +885,8 @@ def adamax(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -886,6 +914,7 @@ def adamax(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
   )
   return chain_of(
     transform.adam_family(cfg),
@@ -916,6 +945,7 @@ def adamaxw(
   average_mode: str = "paper",
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax with decoupled weight decay, a drop-in for :func:`optax.adamaxw`.
@@ -940,6 +970,8 @@ def adamaxw(
     average_mode: ``"paper"`` or ``"keras"`` (see :func:`adam`).
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -973,6 +1005,7 @@ def adamaxw(
     maximize=maximize,
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
+    moment_rounding=moment_rounding,
   )
   return chain_of(
     transform.adam_family(cfg),

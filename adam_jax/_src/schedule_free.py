@@ -85,6 +85,7 @@ def schedule_free_adamw(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Schedule-free AdamW, a drop-in for ``optax.contrib.schedule_free_adamw``.
 
@@ -164,6 +165,7 @@ def schedule_free_adamw(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     first_moment=False,
   )
   base = optax.chain(

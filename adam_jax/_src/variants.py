@@ -48,6 +48,7 @@ def adopt(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ADOPT (Taniguchi et al., 2024), a drop-in for ``optax.contrib.adopt``.
@@ -98,6 +99,8 @@ def adopt(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -137,6 +140,7 @@ def adopt(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     cautious=cautious,
     adopt=True,
     adopt_clip=clip if use_clipping else None,
@@ -177,6 +181,7 @@ def ademamix(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdEMAMix (Pagliardini et al., 2024), a drop-in for ``optax.contrib.ademamix``.
@@ -218,6 +223,8 @@ def ademamix(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -255,6 +262,7 @@ def ademamix(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     cautious=cautious,
     slow_b3=b3,
     slow_alpha=alpha,
@@ -296,6 +304,7 @@ def radam(
   skip_nonfinite: bool = False,
   pack_small_leaves: bool = True,
   int8_min_size: int = storage.INT8_MIN_SIZE,
+  moment_rounding: str = "stochastic",
   param_rounding: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rectified Adam (Liu et al., 2020), a drop-in for :func:`optax.radam`.
@@ -341,6 +350,8 @@ def radam(
     skip_nonfinite: skip steps with a NaN/infinite gradient (see :func:`adam`).
     pack_small_leaves: pack small leaves' moments (see :func:`adam`).
     int8_min_size: float32 below this size with int8 storage (see :func:`adam`).
+    moment_rounding: ``"stochastic"`` or ``"nearest"`` rounding of moments
+      stored in a narrower float (see :func:`adam`).
     param_rounding: ``"kahan"`` for compensated bf16/f16 updates (see
       :func:`adam`).
 
@@ -377,6 +388,7 @@ def radam(
     skip_nonfinite=skip_nonfinite,
     pack_small_leaves=pack_small_leaves,
     int8_min_size=int8_min_size,
+    moment_rounding=moment_rounding,
     cautious=cautious,
     update_clipping=update_clipping,
     rectify_threshold=threshold,

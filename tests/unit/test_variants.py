@@ -239,6 +239,61 @@ def adam_jax_quantized(x):
   return isinstance(x, adam_jax.QuantizedMoment)
 
 
+def _coded(x):
+  return isinstance(x, (adam_jax.Int4Moment, adam_jax.FactoredMoment))
+
+
+def _decoded_state(state):
+  """``state`` with every coded moment replaced by its float32 decoding: the
+  state of the same variant with float32 moments."""
+  return jax.tree.map(
+    lambda x: x.dequantize() if _coded(x) else x, state, is_leaf=_coded
+  )
+
+
+@pytest.mark.parametrize("storage", ["int4", "int4-factored"])
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_steps_on_4_bit_and_factored_moments(name, storage):
+  """With ``mu_dtype="int4"`` (and ``nu_dtype`` "int4" or "factored") the
+  large leaf's moments are coded. A 4-bit state steps exactly as the
+  float32 variant does from the decoded state (the storage decodes before
+  the one rule and encodes after it); a factored ``v`` stores the row and
+  column means of the ``v`` the float32 variant computes from the decoded
+  state (Adafactor's factored update)."""
+  nu = "int4" if storage == "int4" else "factored"
+  if name in NO_STORAGE:
+    with pytest.raises(TypeError, match="nu_dtype"):
+      adam_jax.adamaxw(1e-2, nu_dtype=nu)  # refused: an unknown argument
+    return
+  grads = gradient_steps(BIG, 6, seed=5)
+  coded = VARIANTS[name](1e-2, mu_dtype="int4", nu_dtype=nu)
+  plain = VARIANTS[name](1e-2)
+  params, state = _run(coded, BIG, grads[:5])
+  assert any(_coded(x) for x in jax.tree.leaves(state, is_leaf=_coded))
+  u, new = coded.update(grads[5], state, params[-1])
+  u_ref, new_ref = plain.update(grads[5], _decoded_state(state), params[-1])
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+  nu_new = [x for x in jax.tree.leaves(new, is_leaf=_coded) if _coded(x)]
+  if storage == "int4":
+    np.testing.assert_allclose(u["k"], u_ref["k"], rtol=2e-5, atol=1e-7)
+    assert all(isinstance(x, adam_jax.Int4Moment) for x in nu_new)
+    return
+  factored = [x for x in nu_new if isinstance(x, adam_jax.FactoredMoment)]
+  v_ref = [
+    x
+    for x in jax.tree.leaves(new_ref)
+    if x.shape == (64, 64) and bool(jnp.all(x >= 0)) and bool(jnp.any(x > 0))
+  ]
+  assert len(factored) == 1 and v_ref, "one factored v, its float32 counterpart"
+  # v_ref: the float32 state's non-negative (64, 64) arrays, v among them.
+  matches = [
+    np.allclose(factored[0].row, np.mean(v, axis=1), rtol=2e-5)
+    and np.allclose(factored[0].col, np.mean(v, axis=0), rtol=2e-5)
+    for v in v_ref
+  ]
+  assert any(matches)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_variant_skips_non_finite_steps(name):
   tx = VARIANTS[name](1e-2, skip_nonfinite=True)

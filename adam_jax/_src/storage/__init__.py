@@ -182,10 +182,17 @@ def settled(x: jax.Array, stored: Any, one: jax.Array) -> jax.Array:
   each of them a loop of its own and would copy the decoding and the moment
   arithmetic into all three; dividing by ``one`` (1, but not known to XLA to
   be 1: ``rule.Clock.one``) makes XLA compute ``x`` once into a buffer that
-  the three read, since XLA does not copy a division into several consumers. Dividing
-  by an exact 1 changes no value. Other storage is read back as it is.
+  the three read, since XLA does not copy a division into several
+  consumers. Dividing by an exact 1 changes no value; a 4-bit moment is read
+  the same way.
+
+  A factored second moment is read as what it stores: the reconstruction
+  from the means of the new moment, as Adafactor's step reads it. Other
+  storage is read back as it is.
   """
-  if not is_quantized(stored):
+  if factored.is_factored(stored):
+    return factored.dequantize(factored.factored(x))
+  if not (is_quantized(stored) or int4.is_int4(stored)):
     return x
   return x / one.astype(x.dtype)
 

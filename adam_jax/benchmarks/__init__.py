@@ -56,7 +56,8 @@ and the benchmark measures:
 ``per_leaf=True`` also times ``adam_jax.adam(1e-3, pack_small_leaves=False)`` (compile time and
 step ratio to optax).
 
-``state_formats=True`` also times adam_jax with bfloat16 and 8-bit moments
+``state_formats=True`` also times adam_jax with bfloat16, 8-bit, 4-bit and
+4-bit + factored moments (``STATE_FORMATS``)
 against float32 moments, in the step above and in a training step whose
 gradient is computed in the jitted step (a least-squares loss: a linear layer
 over each matrix's first axis, batch ``TRAIN_BATCH``, and an elementwise scale

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--state-formats",
     action="store_true",
-    help="also time adam_jax.adam with bfloat16 and 8-bit (int8) moments",
+    help="also time adam_jax.adam with bfloat16, int8, int4 and int4 + factored"
+    " moments",
   )
   parser.add_argument(
     "--no-vmap",

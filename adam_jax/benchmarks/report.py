@@ -209,11 +209,13 @@ def _state_format_table(result: dict[str, Any]) -> list[str]:
         ]
       )
   return [
-    "optimizer state formats: adam_jax.adam with mu_dtype = nu_dtype = the format",
+    "optimizer state formats: adam_jax.adam with (mu_dtype, nu_dtype) of the format"
+    " (int4_factored: int4 m, factored v)",
     *_render_table(STATE_FORMAT_COLUMNS, rows),
     "step / float32: the median of per-round ratios to adam_jax with float32 moments"
-    " (interleaved in the same rounds). int8 applies to tensors of at least 4096"
-    " elements; smaller ones keep float32 moments.",
+    " (interleaved in the same rounds). int8, int4 and factored apply to tensors of"
+    " at least 4096 elements (factored: of two or more axes); smaller ones keep"
+    " float32 moments.",
     f"training step: the gradient of a least-squares loss computed in the jitted"
     f" step (a linear layer over each matrix's first axis, batch {TRAIN_BATCH};"
     " vectors scale their input), then the update and apply_updates: the"

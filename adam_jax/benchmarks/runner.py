@@ -118,8 +118,9 @@ def run(
       ``None`` for ``DEFAULT_STEPS`` (``QUICK_STEPS`` if ``quick``).
     compile_repeats: compilations per optimizer; the median is reported.
     per_leaf: also time ``adam_jax.adam(pack_small_leaves=False)``.
-    state_formats: also time adam_jax with bfloat16 and 8-bit moments
-      (``STATE_FORMATS``), keyed ``adam_jax_bf16`` and ``adam_jax_int8``.
+    state_formats: also time adam_jax with the moment storages of
+      ``STATE_FORMATS``, keyed ``adam_jax_<label>`` (``adam_jax_bf16``,
+      ``adam_jax_int8``, ``adam_jax_int4``, ``adam_jax_int4_factored``).
     vmap: after the trees, also time ``jax.jit(jax.vmap(step))`` over a batch
       of independent one-leaf problems against one unbatched step, in
       ``steps`` rounds as well (``vmap_bench``).
@@ -129,7 +130,7 @@ def run(
     ``{"header": {...}, "trees": [...]}``: the device, versions and settings,
     then one record per tree with ``tree``, ``description``, ``n_params``,
     ``n_leaves`` and ``results``, which maps ``optax``, ``adam_jax``,
-    ``flat`` (and ``adam_jax_per_leaf``, ``adam_jax_bf16``, ``adam_jax_int8``)
+    ``flat`` (and ``adam_jax_per_leaf`` and the ``adam_jax_<format>`` ones)
     to their medians, raw per-round step times and compile times in seconds,
     effective GB/s and ratios; the optimizers also have ``state_bytes``,
     ``state_bytes_per_param``, ``ratio_to_adam_jax`` (step time over

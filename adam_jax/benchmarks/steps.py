@@ -23,9 +23,14 @@ import adam_jax
 LEARNING_RATE = 1e-3
 BYTES_PER_PARAM = 28  # Adam's one pass: read p, m, v, g; write p, m, v (float32)
 
-STATE_FORMATS: dict[str, Any] = {"bf16": jnp.bfloat16, "int8": "int8"}
-"""``--state-formats``: the moment storage timed besides float32 (adam_jax's
-``mu_dtype`` and ``nu_dtype`` both set to the value)."""
+STATE_FORMATS: dict[str, tuple[Any, Any]] = {
+  "bf16": (jnp.bfloat16, jnp.bfloat16),
+  "int8": ("int8", "int8"),
+  "int4": ("int4", "int4"),
+  "int4_factored": ("int4", "factored"),
+}
+"""``--state-formats``: the moment storages timed besides float32, as
+adam_jax's ``(mu_dtype, nu_dtype)``."""
 
 # The ``--state-formats`` training step: the gradient of a least-squares loss
 # computed in the jitted step, so that (as in training) it is produced there
@@ -146,8 +151,8 @@ def optimizers(
       LEARNING_RATE, pack_small_leaves=False
     )
   if state_formats:
-    for label, dtype in STATE_FORMATS.items():
+    for label, (mu, nu) in STATE_FORMATS.items():
       result[f"adam_jax_{label}"] = functools.partial(
-        adam_jax.adam, LEARNING_RATE, mu_dtype=dtype, nu_dtype=dtype
+        adam_jax.adam, LEARNING_RATE, mu_dtype=mu, nu_dtype=nu
       )
   return result

@@ -155,8 +155,9 @@ def test_per_leaf_column(tmp_path):
 
 @pytest.mark.slow
 def test_state_formats_table(tmp_path):
-  """--state-formats times bf16 and int8 moments against float32 ones and
-  reports the state's bytes, counted here from the formats' definitions."""
+  """--state-formats times bf16, int8, int4 and int4 + factored moments
+  against float32 ones and reports the state's bytes, counted here from the
+  formats' definitions."""
   path = tmp_path / "b.json"
   proc = _run_module(
     "--quick",
@@ -181,6 +182,10 @@ def test_state_formats_table(tmp_path):
     "adam_jax": 2 * 4 * n + count,
     "adam_jax_bf16": 2 * 2 * n + count,
     "adam_jax_int8": 2 * (n + 4 * (n // 256)) + count,  # codes + float32 scales
+    # Two codes a byte; m's scale per 128 values, v's (one axis: blocks too).
+    "adam_jax_int4": 2 * (n // 2 + 4 * (n // 128)) + count,
+    # A vector is not factored: v stays float32.
+    "adam_jax_int4_factored": n // 2 + 4 * (n // 128) + 4 * n + count,
   }
   for key, nbytes in expected.items():
     assert results[key]["state_bytes"] == nbytes, key

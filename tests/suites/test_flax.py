@@ -411,6 +411,11 @@ OPTIONS = {
   "float32": {},
   "bf16-moments": {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16},
   "int8-moments": INT8,
+  "int4-factored-moments": {
+    "mu_dtype": "int4",
+    "nu_dtype": "factored",
+    "int8_min_size": 256,
+  },
   "skip-nonfinite": {"skip_nonfinite": True},
   # Two extra state fields at once: nu_max and the parameter average.
   "amsgrad-average": {"amsgrad": True, "average_decay": 0.99},
@@ -477,7 +482,13 @@ def test_nnx_optimizer_matches_plain_loop(model_name, opts):
   _assert_trees_close(opt_state, plain_state, tol=1e-6)
 
   adam_state = opt_state[0]
-  assert isinstance(adam_state.mu, adam_jax.PackedMoments)
+  if opts.get("mu_dtype") == "int4":
+    # 4-bit and factored kernels keep their own arrays (never packed), and
+    # the biases alone are too few to pack.
+    assert _leaves_of(adam_state, adam_jax.Int4Moment)
+    assert _leaves_of(adam_state, adam_jax.FactoredMoment)
+  else:
+    assert isinstance(adam_state.mu, adam_jax.PackedMoments)
   expected_steps = MATRIX_STEPS
   if opts.get("skip_nonfinite"):
     assert int(adam_state.skipped) == 1

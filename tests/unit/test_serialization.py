@@ -93,21 +93,23 @@ STORAGE = {
   "float32": ({}, jnp.float32),
   "int8": ({"mu_dtype": "int8", "nu_dtype": "int8"}, adam_jax.QuantizedMoment),
   "bf16": ({"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16}, jnp.bfloat16),
+  "int4": ({"mu_dtype": "int4", "nu_dtype": "int4"}, adam_jax.Int4Moment),
+  "int4-factored": ({"mu_dtype": "int4", "nu_dtype": "factored"}, adam_jax.Int4Moment),
 }
 
 
 def _check_storage(want):
   def check(state):
     w = state[0].mu["w"]
-    if want is adam_jax.QuantizedMoment:
-      assert isinstance(w, adam_jax.QuantizedMoment)
+    if isinstance(want, type):
+      assert isinstance(w, want)
     else:
       assert w.dtype == want
 
   return check
 
 
-# Every alias with float32 storage, and bf16 and int8 storage (one code path
+# Every alias with float32 storage, and the other storages (one code path
 # for every alias) with adam and nadamw; packed moments are the int8-packed
 # case.
 for _name in ALIASES:

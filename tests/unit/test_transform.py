@@ -275,6 +275,7 @@ VMAP_TXS = {
   "adam": lambda: adam_jax.adam(1e-2),
   "bf16": lambda: adam_jax.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
   "int8": lambda: adam_jax.adam(1e-2, mu_dtype="int8", nu_dtype="int8"),
+  "int4-factored": lambda: adam_jax.adam(1e-2, mu_dtype="int4", nu_dtype="factored"),
   "nadamw-skip": lambda: adam_jax.nadamw(1e-2, weight_decay=0.1, skip_nonfinite=True),
 }
 

@@ -172,16 +172,21 @@ def _stored_step(clock: rule.Clock, finite, g, stored, p, wd):
   (``skip_nonfinite``) a step with a non-finite gradient returns a zero
   update and the stored moments unchanged."""
   decoded = [None if x is None else storage.decoded(x) for x in stored]
+  # Moments that settling already encoded (a factored v: its means), by
+  # their index in ``stored``.
+  coded: dict[int, Any] = {}
 
   def settle(new):
     one = clock.one(jnp.float32)
-    return tuple(
-      None if x is None else storage.settled(x, s, one.astype(x.dtype))
-      for x, s in zip(new, (stored[0], stored[1], stored[3]), strict=True)
-    )
+    out = []
+    for i, x in zip((0, 1, 3), new, strict=True):
+      if x is not None:
+        x, coded[i] = storage.settled(x, stored[i], one.astype(x.dtype))
+      out.append(x)
+    return tuple(out)
 
   u, *new = rule.leaf_step(clock, g, decoded, p, wd, settle=settle)
-  out = (u, *storage.encoded(new, list(stored)))
+  out = (u, *storage.encoded(new, list(stored), coded))
   if finite is None:
     return out
   old = (jnp.zeros_like(g), *stored)

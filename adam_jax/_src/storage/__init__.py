@@ -153,29 +153,36 @@ def decoded(x: Any) -> Any:
   return x.dequantize() if is_coded(x) else x
 
 
-def encoded(new: list[Any], stored: list[Any]) -> list[Any]:
+def encoded(
+  new: list[Any], stored: list[Any], coded: dict[int, Any] | None = None
+) -> list[Any]:
   """The new moments ``new`` (already in their float storage dtype, or
   float32 for coded ones) stored as ``stored`` are: 8-bit ones quantized
   together (their blocks' scales in one reduction), 4-bit and factored ones
-  each on its own, the others as they are."""
+  each on its own, the others as they are. ``coded`` holds, by index, those
+  that :func:`settled` already encoded."""
+  ready = {i: c for i, c in (coded or {}).items() if c is not None}
   out = list(new)
-  coded = [i for i, x in enumerate(stored) if is_quantized(x)]
-  if coded:
+  eight = [i for i, x in enumerate(stored) if is_quantized(x)]
+  if eight:
     quantized = int8.quantize(
-      [new[i] for i in coded], [stored[i].signed for i in coded]
+      [new[i] for i in eight], [stored[i].signed for i in eight]
     )
-    for i, q in zip(coded, quantized, strict=True):
+    for i, q in zip(eight, quantized, strict=True):
       out[i] = q
   for i, x in enumerate(stored):
-    if int4.is_int4(x):
+    if i in ready:
+      out[i] = ready[i]
+    elif int4.is_int4(x):
       out[i] = int4.quantize(new[i], x.signed)
     elif factored.is_factored(x):
       out[i] = factored.factored(new[i])
   return out
 
 
-def settled(x: jax.Array, stored: Any, one: jax.Array) -> jax.Array:
-  """The new moment ``x`` (in the compute dtype) as the step reads it.
+def settled(x: jax.Array, stored: Any, one: jax.Array) -> tuple[jax.Array, Any]:
+  """The new moment ``x`` (in the compute dtype) as the step reads it, and
+  its stored form where reading it needed that (else None).
 
   An 8-bit moment's new value is read three times: by the reduction that
   finds its blocks' scales, by the encoder and by the update. XLA:CPU gives
@@ -187,14 +194,16 @@ def settled(x: jax.Array, stored: Any, one: jax.Array) -> jax.Array:
   the same way.
 
   A factored second moment is read as what it stores: the reconstruction
-  from the means of the new moment, as Adafactor's step reads it. Other
-  storage is read back as it is.
+  from the means of the new moment, as Adafactor's step reads it (the means
+  are returned, to be stored as they are). Other storage is read back as it
+  is.
   """
   if factored.is_factored(stored):
-    return factored.dequantize(factored.factored(x))
+    means = factored.factored(x)
+    return factored.dequantize(means), means
   if not (is_quantized(stored) or int4.is_int4(stored)):
-    return x
-  return x / one.astype(x.dtype)
+    return x, None
+  return x / one.astype(x.dtype), None
 
 
 def logical(x: Any) -> Any:

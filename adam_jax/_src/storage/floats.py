@@ -63,7 +63,21 @@ def store(x: jax.Array, dtype: Any, key: jax.Array | None = None) -> jax.Array:
   x = jnp.clip(x, -big, big)
   if key is None:
     return x.astype(dtype)
+  if x.dtype == jnp.float32 and jnp.dtype(dtype) == jnp.bfloat16:
+    return _stochastic_bfloat16(x, random_bits(key, x))
   return stochastic_round(x, dtype, uniform_bits(key, x))
+
+
+def _stochastic_bfloat16(x: jax.Array, bits: jax.Array) -> jax.Array:
+  """float32 ``x`` rounded to bfloat16 stochastically, on its bits: a
+  bfloat16 is a float32 with the low 16 bits zero, so adding 16 random bits
+  to the magnitude's and truncating them rounds away from zero with
+  probability equal to the truncated fraction (:func:`stochastic_round`'s
+  rule, in three integer operations). NaN is kept as it is."""
+  raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  raw = (raw + (bits >> 16)) & jnp.uint32(0xFFFF0000)
+  rounded = jax.lax.bitcast_convert_type(raw, jnp.float32)
+  return jnp.where(jnp.isnan(x), x, rounded).astype(jnp.bfloat16)
 
 
 def _mix(h: jax.Array) -> jax.Array:
@@ -84,8 +98,14 @@ def rounding_key(count: jax.Array, salt: int) -> jax.Array:
 
 
 def uniform_bits(key: jax.Array, like: jax.Array) -> jax.Array:
-  """Uniform float32 values in [0, 1), one per element of ``like``: the hash
-  of ``key`` and the element's position (its flat index), with 24 bits."""
+  """Uniform float32 values in [0, 1), one per element of ``like``, with 24
+  bits (of :func:`random_bits`)."""
+  return (random_bits(key, like) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def random_bits(key: jax.Array, like: jax.Array) -> jax.Array:
+  """32 random bits (uint32) per element of ``like``: the hash of ``key``
+  and the element's position (its flat index)."""
   shape = tuple(like.shape)
   sharding = placement.typed_sharding(like)
   position = jnp.zeros(shape, jnp.uint32)
@@ -94,8 +114,7 @@ def uniform_bits(key: jax.Array, like: jax.Array) -> jax.Array:
     iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
     position = position + iota * jnp.uint32(stride % 2**32)
     stride *= shape[axis]
-  h = _mix(_mix(position) ^ key)
-  return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+  return _mix(_mix(position) ^ key)
 
 
 def stochastic_round(x: jax.Array, dtype: Any, u: jax.Array) -> jax.Array:

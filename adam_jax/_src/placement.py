@@ -7,10 +7,13 @@ build the ``NamedSharding`` s that a jitted step returns, so that a state made
 by ``init`` and one returned by a step compile to the same executable.
 """
 
+import itertools
 import math
 from typing import Any
 
 import jax
+from jax.experimental.shard_alike import shard_alike
+from jax.experimental.xla_metadata import set_xla_metadata
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -79,3 +82,27 @@ def counter(params: Any) -> jax.Array:
   replicated on the parameters' mesh when they are committed to one (so the
   step does not compile a second time for the counter's placement)."""
   return scalar(params, 0, jnp.int32)
+
+
+_ties = itertools.count()
+
+
+def tie(like: jax.Array, z: jax.Array, typed: Any = None) -> jax.Array:
+  """Zeros like ``z`` laid out like ``like`` under ``jit``: ``shard_alike``
+  in a sharding group of its own, or on a mesh with explicit axes, the
+  sharding ``typed`` their type carries.
+
+  A bare ``shard_alike(like, z)`` joins every other one of the same shapes
+  in the function: jax caches one lowering, and so one group id, per
+  shapes, and XLA merges equal zero constants, and with them their groups.
+  A moment would then take the layout of another parameter of its shape.
+  A distinct metadata entry gives each call its own lowering, and zeros
+  broadcast from a scalar that passes an optimization barrier with ``like``
+  are a value of their own. The barrier also keeps ``like`` an input of the
+  jitted function: with no input on the mesh, ``jit`` could not place the
+  zeros of an explicit sharding (it asks for ``jax.set_mesh``)."""
+  with set_xla_metadata(adam_jax_tie=next(_ties)):
+    _, zero = jax.lax.optimization_barrier((like, jnp.zeros((), z.dtype)))
+    if typed is not None:
+      return zero + jnp.zeros(jnp.shape(z), z.dtype, out_sharding=typed)
+    return shard_alike(like, jnp.broadcast_to(zero, jnp.shape(z)))[1]

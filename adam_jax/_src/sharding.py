@@ -49,8 +49,11 @@ def state_shardings(
   **ZeRO-1** (Rajbhandari et al., 2020, stage 1): with
   ``partition="data"``, each of those leaves is further split over the mesh
   axis ``"data"`` along its first dimension that the axis divides evenly
-  and that is not split yet (8-bit moments: a leading dimension, or the
-  block axis when each piece still holds whole blocks). With parameters
+  and that is not split yet (8-bit and 4-bit moments: a leading dimension,
+  or the block axis when each piece still holds whole blocks; the vectors
+  of a rank-1 4-bit or a factored second moment follow the split
+  parameter, as a step computes them, so only those of the axis split over
+  ``"data"`` are split). With parameters
   replicated over ``"data"`` (data parallelism), each device then holds
   :math:`1/N` of the optimizer state instead of all of it; a step jitted
   with these shardings updates each slice where it lives and XLA all-gathers

@@ -21,7 +21,6 @@ Adam step reads its reconstruction.
 from typing import Any
 
 import jax
-from jax.experimental.shard_alike import shard_alike
 import jax.numpy as jnp
 
 from adam_jax._src import placement
@@ -119,11 +118,17 @@ def follow(like: Any, z: FactoredMoment) -> FactoredMoment:
   """Zero factored moment ``z`` tied to traced parameter ``like``'s
   sharding (see ``storage.follow``): each statistic like a slice of it."""
   typed = placement.typed_sharding(like)
-  if typed is not None:  # explicit axes: the sharding is part of the type
-    return zeros(z.shape, typed)
+  if typed is not None:  # explicit axes: the shardings are part of the types
+    row_at, col_at = stat_shardings(typed, z.shape)
+    return FactoredMoment(
+      placement.tie(like, z.row, row_at),
+      placement.tie(like, z.col, col_at),
+      z.shape,
+      z.axes,
+    )
   a, b = z.axes
-  row = shard_alike(jnp.take(like, 0, axis=b), z.row)[1]
-  col = shard_alike(jnp.take(like, 0, axis=a), z.col)[1]
+  row = placement.tie(jnp.take(like, 0, axis=b), z.row)
+  col = placement.tie(jnp.take(like, 0, axis=a), z.col)
   return FactoredMoment(row, col, z.shape, z.axes)
 
 

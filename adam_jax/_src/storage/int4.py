@@ -23,7 +23,6 @@ import functools
 from typing import Any
 
 import jax
-from jax.experimental.shard_alike import shard_alike
 import jax.numpy as jnp
 import numpy as np
 
@@ -179,21 +178,30 @@ def zeros(shape: tuple[int, ...], signed: bool, where: Any = None) -> Int4Moment
 
 def follow(like: Any, z: Int4Moment) -> Int4Moment:
   """Zero 4-bit moment ``z`` tied to traced parameter ``like``'s sharding
-  (see ``storage.follow``): the codes packed from zeros laid out like the
-  parameter, each scale like the slice of the parameter it belongs to."""
-  if placement.typed_sharding(like) is not None:  # explicit axes: typed already
-    return zeros(z.shape, z.signed, placement.typed_sharding(like))
-  full = shard_alike(like, jnp.zeros(jnp.shape(like), jnp.int32))[1]
-  codes = _packed(full.reshape(_flat_shape(z.shape)), like)
+  (see ``storage.follow``): the codes like the parameter seen as pairs
+  along its last axis, each scale like the slice of the parameter it
+  belongs to."""
+  typed = placement.typed_sharding(like)
+  if typed is not None:  # explicit axes: the shardings are part of the types
+    where = [codes_sharding(typed, z.shape), *scale_shardings(typed, z.shape, z.signed)]
+    tied = [
+      placement.tie(like, x, s)
+      for x, s in zip((z.codes, *z.scales), where, strict=True)
+    ]
+    return Int4Moment(tied[0], tuple(tied[1:]), z.shape, z.signed)
+  # Tied to an array of the codes' shape, not packed from zeros tied to the
+  # parameter: XLA folds that packing into a constant of no sharding.
+  pairs = _paired(jnp.reshape(like, _flat_shape(z.shape)))
+  codes = placement.tie(pairs[..., 0], z.codes)
   if z.rank1:
     scales = tuple(
-      shard_alike(_axis_slice(like, a), s)[1]
+      placement.tie(_axis_slice(like, a), s)
       for a, s in zip(rank1_axes(z.shape), z.scales, strict=True)
     )
   else:
     view = int8.blocked(jnp.reshape(like, _flat_shape(z.shape)), BLOCK4)
     first = (Ellipsis, *([0] * (view.ndim - z.scales[0].ndim)))
-    scales = (shard_alike(view[first], z.scales[0])[1],)
+    scales = (placement.tie(view[first], z.scales[0]),)
   return Int4Moment(codes, scales, z.shape, z.signed)
 
 
@@ -203,28 +211,45 @@ def _axis_slice(x: jax.Array, axis: int) -> jax.Array:
   return x[tuple(slice(None) if i == axis else 0 for i in range(x.ndim))]
 
 
-def _packed(index: jax.Array, like: Any) -> jax.Array:
-  """4-bit indices (int32, >= 1 axis) two to a byte along the last axis."""
-  shape = tuple(index.shape)
+def _paired(x: jax.Array, typed: Any = None) -> jax.Array:
+  """``x`` (>= 1 axis) as pairs along its last axis, ``(..., ceil(n / 2),
+  2)``, zero padded at the end; on a mesh with explicit axes (``typed``)
+  laid out as the codes."""
+  shape = tuple(x.shape)
   n = shape[-1]
   if n % 2:
-    index = jnp.pad(index, [(0, 0)] * (len(shape) - 1) + [(0, 1)])
-  typed = placement.typed_sharding(like)
+    x = jnp.pad(x, [(0, 0)] * (len(shape) - 1) + [(0, 1)])
   pairs_shape = (*shape[:-1], -(-n // 2), 2)
   if typed is None:
-    pairs = index.reshape(pairs_shape)
-  else:
-    spec = codes_sharding(typed, shape).spec
-    pairs = int8.reshape_on(
-      index, pairs_shape, typed, jax.sharding.PartitionSpec(*spec, None)
-    )
-  return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(jnp.uint8)
+    return x.reshape(pairs_shape)
+  spec = codes_sharding(typed, shape).spec
+  return int8.reshape_on(x, pairs_shape, typed, jax.sharding.PartitionSpec(*spec, None))
+
+
+def _packed(index: jax.Array, like: Any) -> jax.Array:
+  """4-bit indices (int32, >= 1 axis) two to a byte along the last axis.
+
+  Written as a sum over each pair (``i0 + 16 i1``): XLA:CPU compiles that
+  reduction as a loop of its own over the encoded indices, where combining
+  two strided slices would put the whole encoding, moment arithmetic
+  included, into an unvectorized loop over the bytes."""
+  pairs = _paired(index, placement.typed_sharding(like))
+  weights = jnp.broadcast_to(jnp.array([1, 16], jnp.int32), pairs.shape)
+  return jnp.sum(pairs * weights, axis=-1).astype(jnp.uint8)  # low nibble first
 
 
 def _unpacked(codes: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """The inverse of :func:`_packed`: int32 indices of ``shape`` (>= 1 axis)."""
+  """The inverse of :func:`_packed`: int32 indices of ``shape`` (>= 1 axis).
+
+  Each byte is broadcast to its two values and shifted by 0 or 4 (rather
+  than stacking the two nibbles, a concatenation that XLA:CPU evaluates
+  element by element in every loop that reads the moment)."""
   c = codes.astype(jnp.int32)
-  pairs = jnp.stack([c & 15, c >> 4], axis=-1)
+  pairs = jnp.broadcast_to(c[..., None], (*c.shape, 2))
+  pairs = (
+    jax.lax.shift_right_logical(pairs, jnp.broadcast_to(jnp.array([0, 4]), pairs.shape))
+    & 15
+  )
   typed = placement.typed_sharding(codes)
   full = (*shape[:-1], 2 * codes.shape[-1])
   if typed is None:
@@ -240,11 +265,19 @@ def _decoded_values(index: jax.Array, signed: bool) -> jax.Array:
   """The code map's value of each index (float32)."""
   if not signed:  # linear: (i + 1) / 16
     return (index + 1).astype(jnp.float32) * jnp.float32(1 / 16)
-  table = code_map4(True).astype(np.float32)
-  out = jnp.full(index.shape, table[0], jnp.float32)
-  for i in range(1, 16):  # a select chain: XLA:CPU fuses it, not a gather
-    out = jnp.where(index == i, table[i], out)
-  return out
+  # The signed map from its definition, in a few vector operations (a table
+  # lookup is a gather, or a chain of 15 selects, in every loop that reads
+  # the moment): index 7 is 0 and 15 is 1; magnitude j = |index - 7| in 1..7
+  # lies in decade e = floor(log2 j), the (j - 2**e)-th midpoint of 2**e
+  # equal steps of [0.1, 1], times 10**(e - 2).
+  j = jnp.abs(index - 7)
+  e = (j >= 2).astype(jnp.int32) + (j >= 4).astype(jnp.int32)
+  n = jax.lax.shift_left(jnp.int32(1), e)
+  mid = 0.1 + 0.9 * (2 * (j - n) + 1).astype(jnp.float32) / (2 * n).astype(jnp.float32)
+  decade = jnp.where(e == 0, jnp.float32(0.01), jnp.where(e == 1, jnp.float32(0.1), 1))
+  value = jnp.where(j == 0, 0, mid * decade)
+  value = jnp.where(index < 7, -value, value)
+  return jnp.where(index == 15, jnp.float32(1), value)
 
 
 def _nearest(y: jax.Array, signed: bool) -> jax.Array:

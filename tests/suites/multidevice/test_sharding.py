@@ -17,12 +17,15 @@ import adam_jax
 from tests._jit import compiles
 from tests.conftest import optax_mode
 
-# Values per 8-bit block (docs/guides/low_memory.md).
+# Values per 8-bit block, and per 4-bit block (docs/guides/low_memory.md).
 BLOCK = 256
+BLOCK4 = 128
+CODED = (adam_jax.QuantizedMoment, adam_jax.Int4Moment, adam_jax.FactoredMoment)
 
 
-def _is_quantized(x):
-  return isinstance(x, adam_jax.QuantizedMoment)
+def _is_coded(x):
+  """An 8-bit, 4-bit or factored moment: one state entry of several arrays."""
+  return isinstance(x, CODED)
 
 
 SHAPES = {
@@ -63,6 +66,10 @@ FORMATS = {
   "kahan_bf16_params": lambda: adam_jax.adam(0.01, param_rounding="kahan"),
   "average": lambda: adam_jax.adam(0.01, average_decay=0.9),
   "multisteps_int8": lambda: optax.MultiSteps(adam_jax.adam(0.01, mu_dtype="int8"), 2),
+  # 4-bit first moment (blocks of 128) with a 4-bit rank-1 second moment (one
+  # vector of maxima per axis), or with a factored one (row and column means).
+  "int4": lambda: adam_jax.adam(0.01, mu_dtype="int4", nu_dtype="int4"),
+  "int4_factored": lambda: adam_jax.adam(0.01, mu_dtype="int4", nu_dtype="factored"),
 }
 # The step tests' formats: "int8" alone adds nothing to "int8_amsgrad_adamw",
 # whose two moments are 8-bit too.
@@ -132,7 +139,7 @@ def _per_param(state, params):
   out = []
   for field in PER_PARAM:
     for tree in optax.tree.get_all_with_path(state, field):
-      entries = jax.tree.leaves(tree[1], is_leaf=_is_quantized)
+      entries = jax.tree.leaves(tree[1], is_leaf=_is_coded)
       if not entries:  # a field that is off (e.g. nu_max without amsgrad)
         continue
       assert len(entries) == len(keys), field
@@ -144,9 +151,39 @@ def _same(a, b, ndim):
   return a.is_equivalent_to(b, ndim)
 
 
+def _coded_shards(x, shard):
+  """``[(array, its shard's shape)]`` for coded moment ``x`` of a parameter
+  whose shard is ``shard`` (blocks whole on each device): 8-bit codes as the
+  parameter and one scale per block; 4-bit codes with the last axis halved,
+  one scale per block or (rank-1) each axis' maxima; factored statistics as
+  the parameter without the axis each is a mean over."""
+  last = (*shard[:-1],)
+  if isinstance(x, adam_jax.QuantizedMoment):
+    return [(x.codes, shard), (x.scales, (*last, shard[-1] // BLOCK))]
+  if isinstance(x, adam_jax.Int4Moment):
+    if x.rank1:
+      scales = [(s, (shard[a],)) for s, a in zip(x.scales, _long_axes(x), strict=True)]
+    else:
+      scales = [(x.scales[0], (*last, shard[-1] // BLOCK4))]
+    return [(x.codes, (*last, shard[-1] // 2)), *scales]
+  a, b = x.axes
+  return [(x.row, shard[:b] + shard[b + 1 :]), (x.col, shard[:a] + shard[a + 1 :])]
+
+
+def _long_axes(x):
+  return [a for a, n in enumerate(x.shape) if n > 1]
+
+
+def _vectors(x):
+  """Whether ``x`` is kept as one vector per axis (a rank-1 4-bit or a
+  factored second moment)."""
+  rank1 = isinstance(x, adam_jax.Int4Moment) and x.rank1
+  return rank1 or isinstance(x, adam_jax.FactoredMoment)
+
+
 def _assert_follows(state, params, label):
-  """Every per-parameter entry is laid out like its parameter (8-bit scales:
-  one per block, blocks whole on each device)."""
+  """Every per-parameter entry is laid out like its parameter (coded ones:
+  each array holds the values of its parameter's shard on each device)."""
   by_path = {
     jax.tree_util.keystr(k): p for k, p in jax.tree_util.tree_leaves_with_path(params)
   }
@@ -154,11 +191,13 @@ def _assert_follows(state, params, label):
   assert entries, label
   for field, path, x in entries:
     p = by_path[path]
-    if _is_quantized(x):
-      assert _same(x.codes.sharding, p.sharding, p.ndim), (label, field, path)
+    if _is_coded(x):
       shard = p.addressable_shards[0].data.shape
-      want = (*shard[:-1], shard[-1] // BLOCK)
-      assert x.scales.addressable_shards[0].data.shape == want, (label, field, path)
+      for array, want in _coded_shards(x, shard):
+        for s in array.addressable_shards:
+          assert s.data.shape == want, (label, field, path, array.sharding)
+      if not isinstance(x, adam_jax.FactoredMoment):
+        assert _same(x.codes.sharding, p.sharding, p.ndim), (label, field, path)
     else:
       assert _same(x.sharding, p.sharding, p.ndim), (label, field, path, x.sharding)
 
@@ -260,11 +299,40 @@ def test_state_follows_its_parameters(layout, fmt):
   _assert_close(s, ref_s, "state")
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
-def test_any_layout_works(axis_type):
+def test_same_shaped_parameters_keep_their_own_layouts():
+  """Under jit, init ties each moment to its own parameter: two parameters
+  of one shape laid out differently, and a vector of the shape of their
+  statistics laid out a third way, keep their own layouts."""
+  mesh = _mesh("2d")
+  specs = {"a": P("data", "model"), "b": P(), "v": P("model")}
+  shapes = {"a": (64, 1024), "b": (64, 1024), "v": (64,)}
+  params = {
+    k: jax.device_put(jnp.ones(shapes[k]), NamedSharding(mesh, specs[k])) for k in specs
+  }
+  for fmt in ("int4", "int4_factored"):
+    tx = FORMATS[fmt]()
+    state = jax.jit(tx.init)(params)
+    _assert_follows(state, params, fmt)
+    expected = adam_jax.state_shardings(tx, params)
+    for x, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+      assert _same(x.sharding, want, x.ndim), (fmt, x.shape, x.sharding, want)
+
+
+@pytest.mark.parametrize(
+  ("axis_type", "nu_dtype"),
+  [
+    (AxisType.Auto, "int8"),
+    (AxisType.Explicit, "int8"),
+    (AxisType.Explicit, "int4"),
+    (AxisType.Explicit, "factored"),
+  ],
+)
+def test_any_layout_works(axis_type, nu_dtype):
   """Blocks that straddle devices (a split block axis, merged trailing axes)
   and explicit mesh axes: still laid out like the parameter, still the
-  one-device trajectory."""
+  one-device trajectory. 8-bit moments, or a 4-bit first moment with a
+  4-bit (rank-1: three vectors of maxima for the 3-D parameter) or a
+  factored second moment."""
   mesh = _mesh("2d", axis_type)
   specs = {
     "split_blocks": P(None, ("data", "model")),  # 64 values of 512 per device
@@ -280,7 +348,8 @@ def test_any_layout_works(axis_type):
     )
     for k in shapes
   }
-  tx = adam_jax.adam(0.01, mu_dtype="int8", nu_dtype="int8", int8_min_size=256)
+  mu_dtype = "int8" if nu_dtype == "int8" else "int4"
+  tx = adam_jax.adam(0.01, mu_dtype=mu_dtype, nu_dtype=nu_dtype, int8_min_size=256)
   expected = adam_jax.state_shardings(tx, params)
   for state in (tx.init(params), jax.jit(tx.init)(params)):
     _assert_shardings_equal(state, expected, "init")
@@ -301,6 +370,9 @@ def test_any_layout_works(axis_type):
     ("2d", "bf16"),
     ("2d", "int8_amsgrad_adamw"),
     ("1d", "int8_amsgrad_adamw"),
+    # 4-bit codes and blocks, and per-axis vectors (a rank-1 4-bit second
+    # moment's are split the same way: test_step_layout.py)
+    ("2d", "int4_factored"),
   ],
 )
 def test_zero1_partitions_replicated_state(layout, fmt):
@@ -321,10 +393,23 @@ def test_zero1_partitions_replicated_state(layout, fmt):
   shardings = adam_jax.state_shardings(tx, params, partition="data")
   state = jax.jit(tx.init, out_shardings=shardings)(params)
   _assert_shardings_equal(state, shardings, "init")
-  mine = [e for _, _, e in _per_param(state, params)]
-  whole = [e for _, _, e in _per_param(plain, params)]
+  entries = _per_param(state, params)
+  mine = [e for _, _, e in entries if not _vectors(e)]
+  whole = [e for _, _, e in _per_param(plain, params) if not _vectors(e)]
   # every entry here has a dimension that "data" divides evenly
   assert _device_bytes(mine) * n == _device_bytes(whole)
+  # Per-axis vectors follow the parameter as split over "data" (as a float
+  # moment is), as a step computes them: only the split axis' vector is split.
+  split = adam_jax.state_shardings(adam_jax.adam(0.01), params, partition="data")
+  by_path = {
+    jax.tree_util.keystr(k): sh
+    for k, sh in jax.tree_util.tree_leaves_with_path(split[0].mu)
+  }
+  for field, path, x in entries:
+    if _vectors(x):
+      shard = by_path[path].shard_shape(x.shape)
+      for array, want in _coded_shards(x, shard):
+        assert array.addressable_shards[0].data.shape == want, (field, path)
   step = jax.jit(
     _step(tx), in_shardings=(p_sh, shardings, p_sh), out_shardings=(p_sh, shardings)
   )
@@ -363,7 +448,10 @@ def test_per_device_bytes_by_layout(layout, capsys):
   print(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("fmt", STEP_FORMATS)
+# Not "int4_factored": a factored moment's statistics are means, sums whose
+# order follows the layout, so a run resumed on another mesh is not bit for
+# bit (float32 rounding); its 4-bit first moment is in "int4".
+@pytest.mark.parametrize("fmt", [fmt for fmt in STEP_FORMATS if "factored" not in fmt])
 def test_orbax_restore_onto_another_mesh(tmp_path, fmt):
   """Saved from the 1-D mesh, restored onto the 2-D mesh (laid out as
   ``state_shardings`` says there) and onto the same mesh: equal values, and

@@ -1,12 +1,13 @@
 """A jitted step returns every state entry laid out as ``init`` placed it.
 
 On a 2x4 ("data", "model") mesh, with parameters laid out along both axes,
-along one, or replicated, and 8-bit or bf16 moments, with and without ZeRO-1
+along one, or replicated, and 8-bit, 4-bit (with a 4-bit or a factored
+second moment) or bf16 moments, with and without ZeRO-1
 (``partition="data"``): after three jitted steps every state entry has the
 sharding it had after ``init`` (and that ``state_shardings`` describes), no
-device holds more state than before, the step compiled once, and an 8-bit
-block spread over shards costs a reduction of its scale, not a gather of
-the moment.
+device holds more state than before, the step compiled once, and a block
+(or a 4-bit rank-1 or factored statistic) spread over shards costs a
+reduction of its scale, not a gather of the moment.
 """
 
 import re
@@ -42,7 +43,10 @@ PARAMS = {
 FORMATS = {
   "int8": {"mu_dtype": "int8", "nu_dtype": "int8"},
   "bf16": {"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16},
+  "int4": {"mu_dtype": "int4", "nu_dtype": "int4"},
+  "int4_factored": {"mu_dtype": "int4", "nu_dtype": "factored"},
 }
+CODED = (adam_jax.QuantizedMoment, adam_jax.Int4Moment, adam_jax.FactoredMoment)
 
 
 def _per_device_bytes(tree):
@@ -70,8 +74,18 @@ def _setup(fmt, partition):
   return tx, params, state, shardings
 
 
-@pytest.mark.parametrize("partition", [None, "data"], ids=["follow", "zero1"])
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize(
+  ("fmt", "partition"),
+  [
+    *[(fmt, partition) for fmt in ("int8", "bf16") for partition in (None, "data")],
+    # 4-bit moments with ZeRO-1 (without: test_sharding.py). Not a 4-bit
+    # first moment with a factored second: their splits may differ (for
+    # "rows", P(("model", "data")) and P("model", "data")), and a step
+    # without out_shardings then moves the statistics.
+    ("int4", "data"),
+  ],
+  ids=lambda x: {None: "follow", "data": "zero1"}.get(x, x),
+)
 def test_steps_keep_the_layout_init_gave(fmt, partition):
   tx, params, state, shardings = _setup(fmt, partition)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -103,24 +117,47 @@ def test_steps_keep_the_layout_init_gave(fmt, partition):
     assert x.sharding.is_equivalent_to(want, x.ndim), (path, x.sharding, want)
 
 
-def test_split_blocks_reduce_scales_instead_of_gathering_moments():
-  """The only collectives of an 8-bit step are the cross-shard maxima of the
-  blocks' scales: each gathers at most one float per block and shard."""
-  tx, params, state, _ = _setup("int8", None)
+def _stats(state):
+  """The scales (8-bit, 4-bit) and statistics (factored) of the coded
+  moments in ``state``: the arrays a step may reduce across shards."""
+  coded = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, CODED))
+  out = []
+  for x in coded:
+    if isinstance(x, adam_jax.QuantizedMoment):
+      out.append(x.scales)
+    elif isinstance(x, adam_jax.Int4Moment):
+      out += list(x.scales)
+    elif isinstance(x, adam_jax.FactoredMoment):
+      out += [x.row, x.col]
+  return out
+
+
+# A collective's result: one array, or a tuple of them (XLA combines
+# reductions), then the op.
+COLLECTIVE = re.compile(r"= (\([^=]*?\)|\w+\[[\d,]*\]\S*) (all-gather|all-reduce)\(")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4_factored"])
+def test_split_blocks_reduce_scales_instead_of_gathering_moments(fmt):
+  """The only collectives of a step with coded moments are the cross-shard
+  maxima of the blocks' scales (8-bit or 4-bit; and the sums of a factored
+  moment's statistics): float32, each at most one float per scale or
+  statistic and shard (4 shards along "model")."""
+  tx, params, state, _ = _setup(fmt, None)
   grads = jax.tree.map(lambda x: x * 0.01, params)
   hlo = jax.jit(tx.update).lower(grads, state, params).compile().as_text()
-  blocks = sum(
-    int(np.prod(q.scales.shape))
-    for q in jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, adam_jax.QuantizedMoment)
+  stats = sum(int(np.prod(s.shape)) for s in _stats(state))
+  found = COLLECTIVE.findall(hlo)
+  assert found, "expected the scales' cross-shard reductions"
+  for result, op in found:
+    arrays = re.findall(r"(\w+)\[([\d,]*)\]", result)
+    assert {dtype for dtype, _ in arrays} == {"f32"}, (op, result)
+    size = sum(
+      int(np.prod([int(d) for d in dims.split(",") if d])) for _, dims in arrays
     )
-    if isinstance(q, adam_jax.QuantizedMoment)
-  )
-  gathered = re.findall(r"= (\w+)\[([\d,]*)\][^=]* all-gather\(", hlo)
-  assert gathered, "expected the scales' cross-shard maxima"
-  for dtype, dims in gathered:
-    assert dtype == "f32", dtype
-    assert int(np.prod([int(d) for d in dims.split(",") if d])) <= 4 * blocks
+    assert size <= 4 * stats, (op, result)
+  if fmt == "int8":  # 8-bit maxima are gathered (4-bit ones all-reduced)
+    assert {op for _, op in found} == {"all-gather"}, found
   for op in ("all-to-all", "collective-permute"):
     assert op not in hlo, op
 
@@ -142,11 +179,19 @@ def test_state_is_spelled_as_a_step_returns_it():
 def test_blocks_that_cannot_follow_the_shards_are_named_at_init():
   """A (6, 128) parameter split in 3-row halves: its 3 blocks of 2 rows do
   not split over 2 shards, which init says (the layouts above say nothing:
-  warnings are errors in this suite)."""
+  warnings are errors in this suite); the same for 4-bit blocks (the
+  rank-1 second moment has no blocks, and says nothing)."""
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   params = {"w": jax.device_put(jnp.ones((6, 128)), NamedSharding(mesh, P("data")))}
   tx = adam_jax.adam(0.01, mu_dtype="int8", int8_min_size=256)
   with pytest.warns(
     UserWarning, match=r"3 blocks of 2 slices along axis 0 .* 2 shards"
+  ):
+    tx.init(params)
+  # 4-bit blocks of 128: a (6, 64) parameter has 3 blocks of 2 rows too.
+  params = {"w": jax.device_put(jnp.ones((6, 64)), NamedSharding(mesh, P("data")))}
+  tx = adam_jax.adam(0.01, mu_dtype="int4", nu_dtype="int4", int8_min_size=256)
+  with pytest.warns(
+    UserWarning, match=r"4-bit moment .* 3 blocks of 2 slices along axis 0 .* 2 shards"
   ):
     tx.init(params)

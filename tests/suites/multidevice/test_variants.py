@@ -1,7 +1,8 @@
 """Every modern variant (issue 26) on a sharded 2x4 mesh, 8-bit moments where
-the variant stores moments in a chosen dtype: after two jitted steps each
-state entry keeps the sharding ``init`` gave it (the one ``state_shardings``
-describes), and the parameters equal those of the same steps on one device.
+the variant stores moments in a chosen dtype (and AdEMAMix with 4-bit first
+moments and a factored second): after two jitted steps each state entry
+keeps the sharding ``init`` gave it (the one ``state_shardings`` describes),
+and the parameters equal those of the same steps on one device.
 """
 
 import jax
@@ -37,8 +38,19 @@ def _steps(tx, params, grads):
   return params, state, placed
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_variant_state_follows_its_parameters(name):
+INT8 = {"mu_dtype": "int8", "nu_dtype": "int8"}
+# AdEMAMix keeps two first moments: both 4-bit here, with a factored second.
+CASES = [(name, INT8) for name in sorted(VARIANTS)] + [
+  ("ademamix", {"mu_dtype": "int4", "nu_dtype": "factored"})
+]
+
+
+@pytest.mark.parametrize(
+  ("name", "options"),
+  CASES,
+  ids=[f"{name}-{options['nu_dtype']}" for name, options in CASES],
+)
+def test_variant_state_follows_its_parameters(name, options):
   mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
   rng = np.random.default_rng(1)
   host = {
@@ -48,7 +60,7 @@ def test_variant_state_follows_its_parameters(name):
     k: jax.device_put(jnp.asarray(v), NamedSharding(mesh, LAYOUT[k][1]))
     for k, v in host.items()
   }
-  storage = {} if name in NO_STORAGE else {"mu_dtype": "int8", "nu_dtype": "int8"}
+  storage = {} if name in NO_STORAGE else options
   tx = VARIANTS[name](1e-2, **storage)
   grads = [jax.tree.map(lambda x, k=k: x * 0.1 * (k + 1), params) for k in range(2)]
   p, s, placed = _steps(tx, params, grads)

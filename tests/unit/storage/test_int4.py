@@ -369,3 +369,21 @@ def test_state_from_another_storage_is_refused_naming_both():
   state = adam_jax.adam(nu_dtype="int4").init(params)
   with pytest.raises(ValueError, match=r"stored in int4 .* nu_dtype='factored'"):
     adam_jax.adam(nu_dtype="factored").update(params, state)
+
+
+def test_amsgrad_keeps_its_maximum_in_4_bits_and_never_below_v():
+  """PyTorch's AMSGrad (``adam(amsgrad=True)``) stores ``nu_max`` like
+  ``nu``; the maximum it reads back is at least the decoded ``v`` of the
+  step (the rule takes the maximum before encoding)."""
+  params = {"w": jnp.zeros((64, 128))}
+  tx = adam_jax.adam(0.01, mu_dtype="int4", nu_dtype="int4", amsgrad=True)
+  grads = _grads_for(params)
+  _, state = _train(tx, params, grads, 5)
+  nu, nu_max = state[0].nu["w"], state[0].nu_max["w"]
+  assert isinstance(nu_max, adam_jax.Int4Moment) and not nu_max.signed
+  v = np.asarray(nu.dequantize())
+  v_max = np.asarray(nu_max.dequantize())
+  # Both are coded from float32 values with v_max >= v; each decodes within
+  # its scale's s/32 (or s/16 from below), so allow that much.
+  slack = np.maximum(_rank1_scale(v), _rank1_scale(v_max)) / 16
+  assert np.all(v_max >= v - slack)

@@ -114,7 +114,7 @@ def random_bits(key: jax.Array, like: jax.Array) -> jax.Array:
     iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
     position = position + iota * jnp.uint32(stride % 2**32)
     stride *= shape[axis]
-  return _mix(_mix(position) ^ key)
+  return _mix(position ^ key)
 
 
 def stochastic_round(x: jax.Array, dtype: Any, u: jax.Array) -> jax.Array:

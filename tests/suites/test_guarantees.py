@@ -84,7 +84,11 @@ def test_the_step_size_bound_is_attained_and_never_exceeded(variant, b1, b2, t, 
   tx = adam_jax.adam(LR, b1, b2, eps=0.0, **options)
   u, _ = _run_updates(tx, grads)
   bounds = np.array([bound(s, b1, b2, **shape) for s in range(1, t + 1)])
-  assert np.all(np.abs(u[:, 0]) <= LR * bounds * (1 + SLACK))
+  # The rule computes 1 - b2^t in float32: near b2 = 1 its relative rounding
+  # error, eps32 / (1 - b2^t), exceeds the bound's own allowance at small t.
+  steps = np.arange(1, t + 1)
+  rounding = 2 * float(np.finfo(np.float32).eps) / (1 - b2**steps)
+  assert np.all(np.abs(u[:, 0]) <= LR * bounds * (1 + SLACK + rounding))
   if variant not in ("amsgrad",):  # AMSGrad's max can only shrink the step
     assert abs(u[-1, 0]) >= LR * bounds[-1] * (1 - 1e-4), (u[-1, 0] / LR, bounds[-1])
 
